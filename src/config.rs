@@ -1,0 +1,105 @@
+//! Every setting of `folio serve`, from flags or `FOLIO_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::doc::ShardSettings;
+
+/// Settings of `folio serve`. Defaults suit one machine with sled in `./folio-data`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "FOLIO_ADDR", default_value = "127.0.0.1:4700")]
+    pub addr: SocketAddr,
+
+    /// Directory of the sled database (created if missing). One server per directory.
+    #[arg(long, env = "FOLIO_DATA_DIR", default_value = "./folio-data")]
+    pub data_dir: PathBuf,
+
+    /// Write a full-state snapshot after this many updates to a document.
+    #[arg(long, env = "FOLIO_SNAPSHOT_EVERY_UPDATES", default_value_t = 1000)]
+    pub snapshot_every_updates: u64,
+
+    /// Or after this many seconds with updates since the last snapshot.
+    #[arg(long, env = "FOLIO_SNAPSHOT_INTERVAL_SECS", default_value_t = 60)]
+    pub snapshot_interval_secs: u64,
+
+    /// Evict a document from memory after this many seconds without subscribers.
+    #[arg(long, env = "FOLIO_EVICT_IDLE_SECS", default_value_t = 30)]
+    pub evict_idle_secs: u64,
+
+    /// Largest WebSocket message or HTTP update body accepted, in bytes.
+    #[arg(long, env = "FOLIO_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: u32,
+
+    /// Most documents one WebSocket may follow at once.
+    #[arg(long, env = "FOLIO_MAX_DOCS_PER_CONNECTION", default_value_t = 256)]
+    pub max_docs_per_connection: u32,
+
+    /// Most updates a connection may have sent but not yet had acknowledged;
+    /// at the limit the server stops reading that socket until acks go out.
+    #[arg(long, env = "FOLIO_MAX_UNACKED_UPDATES", default_value_t = 4096)]
+    pub max_unacked_updates: u32,
+
+    /// Frames queued for one connection before it counts as a slow consumer
+    /// and is dropped from the document that overflowed it.
+    #[arg(long, env = "FOLIO_OUTBOUND_QUEUE_FRAMES", default_value_t = 4096)]
+    pub outbound_queue_frames: usize,
+
+    /// Writes queued to disk before writers wait (group commit takes them all at once).
+    #[arg(long, env = "FOLIO_WRITE_QUEUE_OPS", default_value_t = 65536)]
+    pub write_queue_ops: usize,
+}
+
+impl ServeConfig {
+    /// The defaults, for `data_dir` and a given address. Tests start from this.
+    pub fn new(addr: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            addr,
+            data_dir,
+            snapshot_every_updates: 1000,
+            snapshot_interval_secs: 60,
+            evict_idle_secs: 30,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_docs_per_connection: 256,
+            max_unacked_updates: 4096,
+            outbound_queue_frames: 4096,
+            write_queue_ops: 65536,
+        }
+    }
+
+    /// The shard-level part of the settings.
+    pub fn shard_settings(&self) -> ShardSettings {
+        ShardSettings {
+            snapshot_every_updates: self.snapshot_every_updates.max(1),
+            snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
+        }
+    }
+
+    /// Idle time before eviction.
+    pub fn evict_idle(&self) -> Duration {
+        Duration::from_secs(self.evict_idle_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    #[test]
+    fn clap_defaults_match_new() {
+        let parsed = Cli::try_parse_from(["folio"])
+            .expect("defaults parse")
+            .serve;
+        let built = ServeConfig::new(parsed.addr, parsed.data_dir.clone());
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+}

@@ -1,0 +1,15 @@
+//! Documents in memory: ids, shards and the registry that owns them.
+//!
+//! A [`DocShard`] is one document: its Yrs doc, its awareness and the
+//! [`Peer`]s subscribed to it. The [`DocRegistry`] loads each shard once, on
+//! first use, and evicts it when nobody has used it for a grace period.
+
+mod id;
+mod peer;
+mod registry;
+mod shard;
+
+pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
+pub use peer::{Outbound, Peer, SendError};
+pub use registry::{DocInfo, DocRegistry, RegistryError};
+pub use shard::{Applied, DocShard, ShardError, ShardSettings, TEXT_NAME};

@@ -1,0 +1,252 @@
+//! [`DocRegistry`]: every resident [`DocShard`], by id.
+//!
+//! Each id maps to a slot holding a once-cell, so two first users of a
+//! document share one load instead of racing two (the map guard is dropped
+//! before the load is awaited). A shard leaves the map when it closes itself
+//! (idle eviction) or is poisoned; the next user loads it again from disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
+use super::DocId;
+use crate::store::{now_ms, DocMeta, DocStore, StoreError, StoreWriter, WriteOp};
+
+/// Times a lookup retries when it finds a shard that just closed. Closing
+/// needs an idle period, so a second retry is already unlikely; the bound
+/// only guards against a livelock.
+const MAX_LOOKUP_RETRIES: usize = 8;
+
+/// Why a document could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("document {0} does not exist")]
+    NotFound(DocId),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("storage task failed: {0}")]
+    Join(String),
+}
+
+#[derive(Default)]
+struct Slot {
+    shard: OnceCell<Arc<DocShard>>,
+}
+
+/// A document as listed by `GET /docs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DocInfo {
+    pub id: String,
+    /// Length of the text in UTF-16 code units.
+    pub text_len: u64,
+    pub subscribers: usize,
+    pub last_seq: u64,
+    /// Milliseconds since the Unix epoch of the last change.
+    pub last_change_ms: i64,
+    pub resident: bool,
+}
+
+/// Every resident document. See the module docs.
+pub struct DocRegistry {
+    slots: DashMap<DocId, Arc<Slot>>,
+    store: Arc<dyn DocStore>,
+    writer: StoreWriter,
+    settings: ShardSettings,
+}
+
+impl DocRegistry {
+    /// An empty registry over `store`, writing through `writer`.
+    pub fn new(store: Arc<dyn DocStore>, writer: StoreWriter, settings: ShardSettings) -> Self {
+        Self {
+            slots: DashMap::new(),
+            store,
+            writer,
+            settings,
+        }
+    }
+
+    /// The store behind the registry.
+    pub fn store(&self) -> &Arc<dyn DocStore> {
+        &self.store
+    }
+
+    /// The writer every shard queues to.
+    pub fn writer(&self) -> &StoreWriter {
+        &self.writer
+    }
+
+    /// How many documents are in memory.
+    pub fn resident(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The shard for `id`, loading it if needed. With `create`, a document
+    /// that does not exist is created; without, it is [`RegistryError::NotFound`].
+    ///
+    /// # Errors
+    /// Not found, storage failures, or a corrupt stored document.
+    pub async fn get(&self, id: &DocId, create: bool) -> Result<Arc<DocShard>, RegistryError> {
+        if !create && self.resident_shard(id).is_none() && !self.exists_on_disk(id).await? {
+            return Err(RegistryError::NotFound(id.clone()));
+        }
+        for _ in 0..MAX_LOOKUP_RETRIES {
+            let slot = self.slots.entry(id.clone()).or_default().clone();
+            // A failed load leaves the cell empty and the slot in place, so
+            // that a concurrent waiter on the same slot can retry it; a slot
+            // is only removed once it holds a closed shard.
+            let shard = slot.shard.get_or_try_init(|| self.load(id)).await?;
+            if !shard.is_closed() {
+                return Ok(shard.clone());
+            }
+            self.slots.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+        }
+        Err(RegistryError::Shard(ShardError::Closed))
+    }
+
+    async fn exists_on_disk(&self, id: &DocId) -> Result<bool, RegistryError> {
+        let (store, key) = (self.store.clone(), id.clone());
+        let meta = tokio::task::spawn_blocking(move || store.meta(&key))
+            .await
+            .map_err(|e| RegistryError::Join(e.to_string()))??;
+        Ok(meta.is_some())
+    }
+
+    /// The shard for `id` if it is in memory now.
+    pub fn resident_shard(&self, id: &DocId) -> Option<Arc<DocShard>> {
+        let slot = self.slots.get(id)?.clone();
+        slot.shard.get().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Forgets a shard that reported itself closed (poisoned).
+    pub fn forget(&self, shard: &DocShard) {
+        self.slots.remove_if(shard.id(), |_, slot| {
+            slot.shard.get().is_some_and(|s| std::ptr::eq(&**s, shard))
+        });
+    }
+
+    async fn load(&self, id: &DocId) -> Result<Arc<DocShard>, RegistryError> {
+        // Whatever an earlier incarnation of this shard queued must be on
+        // disk before we read, or the reload would miss it.
+        self.writer
+            .barrier()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let store = self.store.clone();
+        let key = id.clone();
+        let stored = tokio::task::spawn_blocking(move || store.load(&key))
+            .await
+            .map_err(|e| RegistryError::Join(e.to_string()))??;
+        if stored.is_none() {
+            let permit = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?;
+            drop(permit.send(WriteOp::Create {
+                doc: id.clone(),
+                time_ms: now_ms(),
+            }));
+        }
+        let (writer, settings, key) = (self.writer.clone(), self.settings, id.clone());
+        let shard =
+            tokio::task::spawn_blocking(move || DocShard::load(key, stored, writer, settings))
+                .await
+                .map_err(|e| RegistryError::Join(e.to_string()))??;
+        tracing::debug!(doc = %id, "document loaded");
+        Ok(Arc::new(shard))
+    }
+
+    /// One upkeep pass over every resident shard: time-based snapshots and
+    /// eviction of shards idle for `evict_after`. Returns how many it evicted.
+    pub fn maintain(&self, evict_after: Duration) -> usize {
+        let shards: Vec<Arc<DocShard>> = self
+            .slots
+            .iter()
+            .filter_map(|e| e.value().shard.get().cloned())
+            .collect();
+        let mut evicted = 0;
+        for shard in shards {
+            if shard.maintain(evict_after) {
+                self.forget(&shard);
+                evicted += 1;
+                tracing::debug!(doc = %shard.id(), "document evicted");
+            }
+        }
+        evicted
+    }
+
+    /// Queues a snapshot of every changed resident document and waits until
+    /// everything queued so far is durable. Used at shutdown.
+    ///
+    /// # Errors
+    /// The final flush failed.
+    pub async fn flush_all(&self) -> Result<(), crate::store::WriteFailed> {
+        let shards: Vec<Arc<DocShard>> = self
+            .slots
+            .iter()
+            .filter_map(|e| e.value().shard.get().cloned())
+            .collect();
+        for shard in shards {
+            shard.flush_snapshot().await;
+        }
+        self.writer.barrier().await
+    }
+
+    /// Every document, stored or resident, with live figures where resident.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn list(&self) -> Result<Vec<DocInfo>, RegistryError> {
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let mut out: Vec<DocInfo> = stored
+            .into_iter()
+            .map(|(id, meta)| self.describe(&id, &meta))
+            .collect();
+        // Resident documents whose creation is still queued.
+        for entry in &self.slots {
+            if let Some(shard) = entry.value().shard.get() {
+                if out
+                    .binary_search_by(|d| d.id.as_str().cmp(entry.key().as_str()))
+                    .is_err()
+                {
+                    out.push(describe_resident(entry.key(), &shard.info()));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn describe(&self, id: &DocId, meta: &DocMeta) -> DocInfo {
+        match self.resident_shard(id) {
+            Some(shard) => describe_resident(id, &shard.info()),
+            None => DocInfo {
+                id: id.to_string(),
+                text_len: meta.text_len,
+                subscribers: 0,
+                last_seq: meta.last_seq,
+                last_change_ms: meta.updated_ms,
+                resident: false,
+            },
+        }
+    }
+}
+
+fn describe_resident(id: &DocId, info: &ShardInfo) -> DocInfo {
+    DocInfo {
+        id: id.to_string(),
+        text_len: info.text_len,
+        subscribers: info.subscribers,
+        last_seq: info.last_seq,
+        last_change_ms: info.last_change_ms,
+        resident: true,
+    }
+}

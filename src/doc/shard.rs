@@ -1,0 +1,689 @@
+//! [`DocShard`]: one document in memory.
+//!
+//! A shard owns the document's Yrs doc and awareness behind one short-lived
+//! mutex. Every operation takes the lock, does CPU work only (no `.await`,
+//! no disk I/O), queues what must be written and sent, and lets go. Because
+//! applying an update, queuing its log entry and queuing its broadcast happen
+//! under the same lock, the log order, the apply order and the order every
+//! subscriber receives updates in are one and the same.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    ClientID, Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact,
+    Update,
+};
+
+use super::peer::{Peer, SendError};
+use super::DocId;
+use crate::protocol::{self, server_message::Kind, v1, ErrorCode};
+use crate::store::{
+    now_ms, Durable, LogEntry, Snapshot, StoreWriter, StoredDoc, WriteOp, WritePermit,
+};
+
+/// The root `Y.Text` every Folio client uses for a document's text.
+pub const TEXT_NAME: &str = "content";
+
+/// When a shard writes a full-state snapshot of its document.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardSettings {
+    /// After this many updates since the last snapshot.
+    pub snapshot_every_updates: u64,
+    /// Or after this long with updates since the last snapshot.
+    pub snapshot_interval: Duration,
+}
+
+/// Why a shard refused an operation. The operation changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("invalid update: {0}")]
+    InvalidUpdate(String),
+    #[error("update depends on changes this document does not have; resubscribe to resync")]
+    MissingDependencies,
+    #[error("invalid awareness update: {0}")]
+    InvalidAwareness(String),
+    #[error("invalid state vector: {0}")]
+    InvalidStateVector(String),
+    #[error("not subscribed")]
+    NotSubscribed,
+    #[error("already subscribed")]
+    AlreadySubscribed,
+    #[error("outbound queue full")]
+    SlowConsumer,
+    /// The shard was evicted or poisoned: look it up again in the registry.
+    #[error("document closed")]
+    Closed,
+    #[error("server shutting down")]
+    ShuttingDown,
+    #[error("stored document is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl ShardError {
+    /// The wire error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidUpdate(_) | Self::MissingDependencies => ErrorCode::InvalidUpdate,
+            Self::InvalidAwareness(_) => ErrorCode::InvalidAwareness,
+            Self::InvalidStateVector(_) => ErrorCode::InvalidStateVector,
+            Self::NotSubscribed => ErrorCode::NotSubscribed,
+            Self::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+            Self::SlowConsumer => ErrorCode::SlowConsumer,
+            Self::Closed => ErrorCode::DocReloaded,
+            Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// An update that was applied and queued for disk.
+#[derive(Debug)]
+pub struct Applied {
+    /// The document's sequence number for the update.
+    pub doc_seq: u64,
+    /// Completes once the update is durable.
+    pub durable: Durable,
+}
+
+/// A peer subscribed to this document, and the awareness client ids it set.
+struct Member {
+    peer: Arc<Peer>,
+    /// Awareness clients this peer introduced, removed when it leaves.
+    /// Bounded in practice by what one client sends; cleared on leave.
+    awareness_clients: Vec<ClientID>,
+}
+
+struct ShardState {
+    awareness: Awareness,
+    text: TextRef,
+    last_seq: u64,
+    updates_since_snapshot: u64,
+    last_snapshot_at: Instant,
+    last_change_ms: i64,
+    members: Vec<Member>,
+    /// When the last member left; `None` while anyone is subscribed.
+    idle_since: Option<Instant>,
+    /// The whole state encoded once, served to every joiner with an empty
+    /// state vector until the next update.
+    full_state: Option<Bytes>,
+    /// Set when evicted or poisoned; callers then look the doc up again.
+    closed: bool,
+}
+
+/// One document in memory. See the module docs.
+pub struct DocShard {
+    id: DocId,
+    state: Mutex<ShardState>,
+    writer: StoreWriter,
+    settings: ShardSettings,
+}
+
+/// What `GET /docs` shows of a resident document.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    pub text_len: u64,
+    pub subscribers: usize,
+    pub last_seq: u64,
+    pub last_change_ms: i64,
+}
+
+fn new_doc() -> Doc {
+    // UTF-16 offsets, like Yjs in the browser, so lengths and positions match
+    // what JavaScript clients see.
+    Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+/// Runs a decoder that may panic on hostile bytes (yrs asserts on some
+/// malformed input), turning a panic into an error.
+fn decode_guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("decoder rejected the bytes".to_owned()),
+    }
+}
+
+impl DocShard {
+    /// Builds a shard from what the store holds (`None`: a new, empty document).
+    ///
+    /// # Errors
+    /// [`ShardError::Corrupt`] if a stored snapshot or log entry does not apply.
+    pub fn load(
+        id: DocId,
+        stored: Option<StoredDoc>,
+        writer: StoreWriter,
+        settings: ShardSettings,
+    ) -> Result<Self, ShardError> {
+        let doc = new_doc();
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        let (last_seq, last_change_ms, updates_since_snapshot) = match stored {
+            None => (0, now_ms(), 0),
+            Some(stored) => {
+                let last_seq = stored.last_seq();
+                let pending = stored.log.len() as u64;
+                let states = stored
+                    .snapshot
+                    .iter()
+                    .map(|(seq, s)| (*seq, &s.state))
+                    .chain(stored.log.iter().map(|(seq, e)| (*seq, &e.update)));
+                for (seq, bytes) in states {
+                    let update = decode_guarded(|| Update::decode_v1(bytes))
+                        .map_err(|e| ShardError::Corrupt(format!("{id} seq {seq}: {e}")))?;
+                    let applied =
+                        catch_unwind(AssertUnwindSafe(|| doc.transact_mut().apply_update(update)));
+                    match applied {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            return Err(ShardError::Corrupt(format!("{id} seq {seq}: {e}")))
+                        }
+                        Err(_) => {
+                            return Err(ShardError::Corrupt(format!("{id} seq {seq}: panic")))
+                        }
+                    }
+                }
+                (last_seq, stored.meta.updated_ms, pending)
+            }
+        };
+        Ok(Self {
+            id,
+            state: Mutex::new(ShardState {
+                awareness: Awareness::new(doc),
+                text,
+                last_seq,
+                updates_since_snapshot,
+                last_snapshot_at: Instant::now(),
+                last_change_ms,
+                members: Vec::new(),
+                idle_since: Some(Instant::now()),
+                full_state: None,
+                closed: false,
+            }),
+            writer,
+            settings,
+        })
+    }
+
+    /// The document's id.
+    pub fn id(&self) -> &DocId {
+        &self.id
+    }
+
+    /// Whether the shard was evicted or poisoned.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Subscribes `peer`: queues a `Synced` with what the peer lacks given its
+    /// state vector, then every later update and awareness change.
+    ///
+    /// # Errors
+    /// An undecodable state vector, a duplicate subscription, a full queue, or
+    /// [`ShardError::Closed`].
+    pub fn subscribe(&self, peer: &Arc<Peer>, state_vector: &[u8]) -> Result<(), ShardError> {
+        let client_sv = if state_vector.is_empty() {
+            None
+        } else {
+            Some(
+                decode_guarded(|| StateVector::decode_v1(state_vector))
+                    .map_err(ShardError::InvalidStateVector)?,
+            )
+        };
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        if st.members.iter().any(|m| m.peer.id() == peer.id()) {
+            return Err(ShardError::AlreadySubscribed);
+        }
+        let (update, server_sv) = {
+            let txn = st.awareness.doc().transact();
+            let update = match &client_sv {
+                Some(sv) if !sv.is_empty() => Bytes::from(txn.encode_diff_v1(sv)),
+                _ => match &st.full_state {
+                    Some(full) => full.clone(),
+                    None => Bytes::from(txn.encode_diff_v1(&StateVector::default())),
+                },
+            };
+            (update, Bytes::from(txn.state_vector().encode_v1()))
+        };
+        if client_sv.as_ref().is_none_or(|sv| sv.is_empty()) && st.full_state.is_none() {
+            st.full_state = Some(update.clone());
+        }
+        let awareness = encode_awareness(&st.awareness);
+        let frame = protocol::encode(Kind::Synced(v1::Synced {
+            doc: self.id.to_string(),
+            update,
+            state_vector: server_sv,
+            awareness,
+        }));
+        peer.try_send(frame).map_err(|e| match e {
+            SendError::Full => ShardError::SlowConsumer,
+            SendError::Closed => ShardError::Closed,
+        })?;
+        st.members.push(Member {
+            peer: peer.clone(),
+            awareness_clients: Vec::new(),
+        });
+        st.idle_since = None;
+        Ok(())
+    }
+
+    /// Removes `peer_id`'s subscription and its awareness entries, telling the
+    /// others. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, peer_id: u64) -> bool {
+        let mut st = self.state.lock();
+        let Some(at) = st.members.iter().position(|m| m.peer.id() == peer_id) else {
+            return false;
+        };
+        let member = st.members.swap_remove(at);
+        self.drop_members(&mut st, vec![member]);
+        true
+    }
+
+    /// Applies a Yjs v1 update from `author` (the peer `from`, if any, does
+    /// not get it back), queues it for disk and broadcasts it.
+    ///
+    /// # Errors
+    /// An invalid update or one with missing dependencies changes nothing.
+    /// [`ShardError::Closed`] if the shard was evicted or poisoned meanwhile;
+    /// [`ShardError::ShuttingDown`] if the writer has stopped.
+    pub async fn apply_update(
+        &self,
+        update: Bytes,
+        author: &str,
+        from: Option<u64>,
+    ) -> Result<Applied, ShardError> {
+        let decoded =
+            decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
+        // Reserve the log slot before locking: the lock is never held while
+        // waiting for the writer.
+        let permit = self
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        if let Some(sub) = from {
+            if !st.members.iter().any(|m| m.peer.id() == sub) {
+                return Err(ShardError::NotSubscribed);
+            }
+        }
+        {
+            let txn = st.awareness.doc().transact();
+            let have = txn.state_vector();
+            // An update whose first block of some client starts past what we
+            // have would sit as "pending" forever: refuse it instead.
+            let missing = decoded
+                .state_vector_lower()
+                .iter()
+                .any(|(client, clock)| *clock > have.get(client));
+            if missing {
+                return Err(ShardError::MissingDependencies);
+            }
+        }
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = st.awareness.doc().transact_mut();
+            txn.apply_update(decoded)
+        }));
+        let failure = match applied {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("panic while applying".to_owned()),
+        };
+        if let Some(reason) = failure {
+            // The doc may be half-changed: drop it, so the next use reloads
+            // it from disk, where this update never went.
+            tracing::error!(doc = %self.id, %reason, "update broke the document; reloading it");
+            self.poison(&mut st);
+            return Err(ShardError::InvalidUpdate(reason));
+        }
+        let text_len = {
+            let txn = st.awareness.doc().transact();
+            u64::from(st.text.len(&txn))
+        };
+        st.last_seq += 1;
+        let seq = st.last_seq;
+        let time_ms = now_ms();
+        st.last_change_ms = time_ms;
+        st.full_state = None;
+        st.updates_since_snapshot += 1;
+        let durable = permit.send(WriteOp::Append {
+            doc: self.id.clone(),
+            seq,
+            entry: LogEntry {
+                time_ms,
+                author: author.to_owned(),
+                update: update.clone(),
+            },
+            text_len,
+        });
+        let frame = protocol::encode(Kind::Update(v1::Update {
+            doc: self.id.to_string(),
+            update,
+            seq,
+        }));
+        self.broadcast(&mut st, &frame, from);
+        if st.updates_since_snapshot >= self.settings.snapshot_every_updates {
+            self.snapshot_locked(&mut st);
+        }
+        Ok(Applied {
+            doc_seq: seq,
+            durable,
+        })
+    }
+
+    /// Applies a y-protocols awareness update from subscriber `from` and
+    /// relays it to the other subscribers.
+    ///
+    /// # Errors
+    /// An undecodable update, or a state that is not JSON, changes nothing.
+    pub fn apply_awareness(&self, update: Bytes, from: u64) -> Result<(), ShardError> {
+        let decoded = decode_guarded(|| AwarenessUpdate::decode_v1(&update))
+            .map_err(ShardError::InvalidAwareness)?;
+        for entry in decoded.clients.values() {
+            serde_json::from_str::<serde::de::IgnoredAny>(&entry.json)
+                .map_err(|e| ShardError::InvalidAwareness(format!("state is not JSON: {e}")))?;
+        }
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        let Some(member) = st.members.iter_mut().find(|m| m.peer.id() == from) else {
+            return Err(ShardError::NotSubscribed);
+        };
+        for (client, entry) in &decoded.clients {
+            let owned = member.awareness_clients.iter().position(|c| c == client);
+            match (&*entry.json == "null", owned) {
+                (false, None) => member.awareness_clients.push(*client),
+                (true, Some(at)) => {
+                    member.awareness_clients.swap_remove(at);
+                }
+                _ => {}
+            }
+        }
+        let changed = st
+            .awareness
+            .apply_update_summary(decoded)
+            .map_err(|e| ShardError::InvalidAwareness(e.to_string()))?;
+        if changed.is_some() {
+            let frame = protocol::encode(Kind::Awareness(v1::Awareness {
+                doc: self.id.to_string(),
+                update,
+            }));
+            self.broadcast(&mut st, &frame, Some(from));
+        }
+        Ok(())
+    }
+
+    /// The document's text.
+    pub fn text(&self) -> String {
+        let st = self.state.lock();
+        let txn = st.awareness.doc().transact();
+        st.text.get_string(&txn)
+    }
+
+    /// The whole document as one Yjs v1 update.
+    pub fn full_state(&self) -> Bytes {
+        let mut st = self.state.lock();
+        if let Some(full) = &st.full_state {
+            return full.clone();
+        }
+        let full = Bytes::from(
+            st.awareness
+                .doc()
+                .transact()
+                .encode_diff_v1(&StateVector::default()),
+        );
+        st.full_state = Some(full.clone());
+        full
+    }
+
+    /// A summary for listings.
+    pub fn info(&self) -> ShardInfo {
+        let st = self.state.lock();
+        let txn = st.awareness.doc().transact();
+        ShardInfo {
+            text_len: u64::from(st.text.len(&txn)),
+            subscribers: st.members.len(),
+            last_seq: st.last_seq,
+            last_change_ms: st.last_change_ms,
+        }
+    }
+
+    /// Periodic upkeep: snapshots a document that changed more than
+    /// `snapshot_interval` ago. Returns `true` if the shard closed itself
+    /// because nobody used it for `evict_after` (the caller then drops it).
+    pub fn maintain(&self, evict_after: Duration) -> bool {
+        let mut st = self.state.lock();
+        if st.closed {
+            return true;
+        }
+        let idle = st.idle_since.is_some_and(|t| t.elapsed() >= evict_after);
+        let dirty = st.updates_since_snapshot > 0;
+        if dirty && (idle || st.last_snapshot_at.elapsed() >= self.settings.snapshot_interval) {
+            self.snapshot_locked(&mut st);
+        }
+        if idle && st.updates_since_snapshot == 0 {
+            // Everything queued for this doc reaches disk before any reload:
+            // the registry puts a writer barrier in front of every load.
+            st.closed = true;
+            return true;
+        }
+        false
+    }
+
+    /// Queues a snapshot if the document changed since the last one. Used at
+    /// shutdown; waits for queue space, so call it without holding anything.
+    pub async fn flush_snapshot(&self) {
+        if self.state.lock().updates_since_snapshot == 0 {
+            return;
+        }
+        let Ok(permit) = self.writer.reserve().await else {
+            return;
+        };
+        let mut st = self.state.lock();
+        if st.updates_since_snapshot > 0 {
+            self.snapshot_with(&mut st, permit);
+        }
+    }
+
+    fn snapshot_locked(&self, st: &mut ShardState) {
+        // Never wait under the lock: if the queue is full, try again on the
+        // next update or the next maintenance pass.
+        if let Some(permit) = self.writer.try_reserve() {
+            self.snapshot_with(st, permit);
+        }
+    }
+
+    fn snapshot_with(&self, st: &mut ShardState, permit: WritePermit<'_>) {
+        let state = match &st.full_state {
+            Some(full) => full.clone(),
+            None => Bytes::from(
+                st.awareness
+                    .doc()
+                    .transact()
+                    .encode_diff_v1(&StateVector::default()),
+            ),
+        };
+        st.full_state = Some(state.clone());
+        // The snapshot's completion is not awaited: if it fails, the log
+        // still holds every update and the next snapshot tries again.
+        drop(permit.send(WriteOp::Snapshot {
+            doc: self.id.clone(),
+            seq: st.last_seq,
+            snapshot: Snapshot {
+                time_ms: now_ms(),
+                state,
+            },
+        }));
+        st.updates_since_snapshot = 0;
+        st.last_snapshot_at = Instant::now();
+    }
+
+    /// Sends `frame` to every member but `except`. A member whose queue is
+    /// full is dropped from the document and told so through its peer; it
+    /// resubscribes with its state vector, which the CRDT makes lossless.
+    fn broadcast(&self, st: &mut ShardState, frame: &Bytes, except: Option<u64>) {
+        let mut dropped = Vec::new();
+        let mut i = 0;
+        while i < st.members.len() {
+            let peer = &st.members[i].peer;
+            if Some(peer.id()) == except {
+                i += 1;
+                continue;
+            }
+            match peer.try_send(frame.clone()) {
+                Ok(()) => i += 1,
+                Err(e) => {
+                    let member = st.members.swap_remove(i);
+                    if e == SendError::Full {
+                        tracing::warn!(doc = %self.id, peer = member.peer.id(), "slow consumer dropped from document");
+                        member.peer.mark_lagged(self.id.clone());
+                    }
+                    dropped.push(member);
+                }
+            }
+        }
+        if !dropped.is_empty() {
+            self.drop_members(st, dropped);
+        }
+    }
+
+    /// Removes the awareness of members that left and tells the others.
+    fn drop_members(&self, st: &mut ShardState, gone: Vec<Member>) {
+        let clients: Vec<ClientID> = gone.into_iter().flat_map(|m| m.awareness_clients).collect();
+        if st.members.is_empty() && st.idle_since.is_none() {
+            st.idle_since = Some(Instant::now());
+        }
+        if clients.is_empty() {
+            return;
+        }
+        for client in &clients {
+            st.awareness.remove_state(*client);
+        }
+        let Ok(update) = st.awareness.update_with_clients(clients) else {
+            return;
+        };
+        let frame = protocol::encode(Kind::Awareness(v1::Awareness {
+            doc: self.id.to_string(),
+            update: Bytes::from(update.encode_v1()),
+        }));
+        // Recursion is bounded: each round only removes members.
+        self.broadcast(st, &frame, None);
+    }
+
+    fn poison(&self, st: &mut ShardState) {
+        st.closed = true;
+        let frame = protocol::error_frame(
+            self.id.as_str(),
+            ErrorCode::DocReloaded,
+            "document reloaded after an internal fault; subscribe again",
+            0,
+        );
+        for member in st.members.drain(..) {
+            let _ = member.peer.try_send(frame.clone());
+        }
+    }
+}
+
+/// The current presence of everyone, or empty bytes if nobody has any.
+fn encode_awareness(awareness: &Awareness) -> Bytes {
+    match awareness.update() {
+        Ok(update) if !update.clients.is_empty() => Bytes::from(update.encode_v1()),
+        _ => Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DocStore, SledStore};
+    use tokio::sync::mpsc;
+
+    fn settings() -> ShardSettings {
+        ShardSettings {
+            snapshot_every_updates: 3,
+            snapshot_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn insert_update(client: u64, text: &str) -> Bytes {
+        let doc = Doc::with_client_id(client);
+        let t = doc.get_or_insert_text(TEXT_NAME);
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, text);
+        Bytes::from(txn.encode_update_v1())
+    }
+
+    #[tokio::test]
+    async fn invalid_and_disconnected_updates_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let writer = StoreWriter::start(store, 16).expect("writer");
+        let shard =
+            DocShard::load(DocId::parse("d").expect("id"), None, writer, settings()).expect("load");
+        let ok = shard
+            .apply_update(insert_update(1, "hi"), "t", None)
+            .await
+            .expect("valid update");
+        assert_eq!(ok.doc_seq, 1);
+        assert!(ok.durable.await.expect("completed").is_ok());
+        for junk in [&b"\xff\xff\xff"[..], b"", b"\x01\x01\x80"] {
+            let err = shard
+                .apply_update(Bytes::copy_from_slice(junk), "t", None)
+                .await;
+            assert!(
+                matches!(err, Err(ShardError::InvalidUpdate(_))),
+                "{junk:?}: {err:?}"
+            );
+        }
+        // Client 2's second edit without its first: missing dependencies.
+        let d2 = Doc::with_client_id(2);
+        let t2 = d2.get_or_insert_text(TEXT_NAME);
+        t2.insert(&mut d2.transact_mut(), 0, "a");
+        let sv = d2.transact().state_vector();
+        t2.insert(&mut d2.transact_mut(), 1, "b");
+        let second = Bytes::from(d2.transact().encode_diff_v1(&sv));
+        let err = shard.apply_update(second, "t", None).await;
+        assert!(
+            matches!(err, Err(ShardError::MissingDependencies)),
+            "{err:?}"
+        );
+        assert_eq!(shard.text(), "hi");
+        assert_eq!(shard.info().last_seq, 1);
+        assert!(!shard.is_closed());
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_the_slow_member_and_flags_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let writer = StoreWriter::start(store, 16).expect("writer");
+        let shard =
+            DocShard::load(DocId::parse("d").expect("id"), None, writer, settings()).expect("load");
+        let (tx, _rx) = mpsc::channel(2);
+        let slow = Arc::new(Peer::new(7, tx));
+        shard.subscribe(&slow, &[]).expect("subscribe");
+        for i in 0..3 {
+            shard
+                .apply_update(insert_update(10 + i, "x"), "t", None)
+                .await
+                .expect("apply");
+        }
+        assert_eq!(shard.info().subscribers, 0);
+        assert_eq!(slow.take_lagged(), vec![shard.id().clone()]);
+    }
+}

@@ -1,0 +1,85 @@
+//! The REST API: health, document listing, text and state reads, and raw
+//! update writes for server-side writers. Doc ids go in one path segment:
+//! encode `/` in an id as `%2F`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::doc::{DocId, DocInfo};
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub async fn list_docs(State(app): State<AppState>) -> Result<Json<Vec<DocInfo>>, ApiError> {
+    Ok(Json(app.registry.list().await?))
+}
+
+pub async fn text(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc = DocId::parse(&id)?;
+    let shard = app.registry.get(&doc, false).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        shard.text(),
+    ))
+}
+
+pub async fn state(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc = DocId::parse(&id)?;
+    let shard = app.registry.get(&doc, false).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        shard.full_state(),
+    ))
+}
+
+/// Applies a raw Yjs v1 update (the body). Answers once it is durable, with
+/// the document's sequence number for it. Creates the document if needed.
+pub async fn update(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc = DocId::parse(&id)?;
+    // The router's body limit is max_message_bytes; over it, reading fails.
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            "body_rejected",
+            format!("{e} (limit {} bytes)", app.config.max_message_bytes),
+        )
+    })?;
+    // A shard may close between lookup and apply (eviction); retry once.
+    let mut attempt = 0;
+    let applied = loop {
+        let shard = app.registry.get(&doc, true).await?;
+        match shard.apply_update(body.clone(), "http", None).await {
+            Err(crate::doc::ShardError::Closed) if attempt < 2 => attempt += 1,
+            other => break other?,
+        }
+    };
+    match applied.durable.await {
+        Ok(Ok(())) => Ok(Json(json!({ "doc_seq": applied.doc_seq }))),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_failure",
+            "the update was not made durable; retry",
+        )),
+    }
+}

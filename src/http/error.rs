@@ -1,0 +1,92 @@
+//! [`ApiError`]: the one place errors become HTTP responses. The JSON shape is
+//! stable: `{"error": {"code": "doc_not_found", "message": "..."}}`. Internal
+//! causes are logged, not returned.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::doc::{DocIdError, RegistryError, ShardError};
+
+/// An HTTP error: status, a stable machine code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<DocIdError> for ApiError {
+    fn from(e: DocIdError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.to_string())
+    }
+}
+
+impl From<ShardError> for ApiError {
+    fn from(e: ShardError) -> Self {
+        let (status, code) = match &e {
+            ShardError::InvalidUpdate(_) | ShardError::MissingDependencies => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_update")
+            }
+            ShardError::InvalidAwareness(_) | ShardError::InvalidStateVector(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input")
+            }
+            ShardError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ShardError::Closed | ShardError::SlowConsumer => {
+                (StatusCode::SERVICE_UNAVAILABLE, "retry")
+            }
+            ShardError::NotSubscribed | ShardError::AlreadySubscribed => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ShardError::Corrupt(_) => {
+                tracing::error!(error = %e, "corrupt document");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                );
+            }
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(doc) => Self::new(
+                StatusCode::NOT_FOUND,
+                "doc_not_found",
+                format!("document {doc} does not exist"),
+            ),
+            RegistryError::Shard(shard) => shard.into(),
+            RegistryError::Store(_) | RegistryError::Join(_) => {
+                tracing::error!(error = %e, "storage failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_failure",
+                    "storage failure",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The HTTP face of Folio: one axum router with the WebSocket endpoint and
+//! the REST API. Handlers are thin; the work happens in [`crate::session`]
+//! and [`crate::doc`].
+
+mod api;
+mod error;
+mod ws;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+
+use crate::config::ServeConfig;
+use crate::doc::DocRegistry;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<DocRegistry>,
+    pub config: Arc<ServeConfig>,
+    /// Cancelled when the server starts shutting down: sockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks WebSocket connection tasks, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    pub next_connection_id: Arc<AtomicU64>,
+}
+
+/// The router. Tests can drive it directly; `server::run` serves it.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(api::healthz))
+        .route("/docs", get(api::list_docs))
+        .route("/docs/{id}/text", get(api::text))
+        .route("/docs/{id}/state", get(api::state))
+        .route("/docs/{id}/update", post(api::update))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(
+            state.config.max_message_bytes as usize,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,136 @@
+//! `GET /ws`: the protobuf WebSocket. Two tasks per connection: this reader
+//! loop, which feeds the [`Session`], and a writer that drains the
+//! connection's bounded queue into the socket, flushing once per batch
+//! rather than once per frame.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use crate::doc::{Outbound, Peer};
+use crate::session::{close, Flow, Session, SessionLimits};
+
+/// Frames written before one flush at most, so a busy queue still flushes.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+/// Socket buffer sizes. tungstenite's defaults (128 KiB read) would dominate
+/// the memory of an idle connection; messages larger than the buffer still
+/// work, the buffer just grows for them.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 0;
+
+pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
+    let max = app.config.max_message_bytes as usize;
+    ws.read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // One byte over our limit reaches the session, which closes with 1009.
+        .max_message_size(max + 1)
+        .max_frame_size(max + 1)
+        .on_upgrade(move |socket| {
+            let tracker = app.connections.clone();
+            tracker.track_future(run(socket, app))
+        })
+}
+
+async fn run(socket: WebSocket, app: AppState) {
+    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
+    let peer = Arc::new(Peer::new(id, tx));
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let limits = SessionLimits {
+        max_message_bytes: app.config.max_message_bytes,
+        max_docs_per_connection: app.config.max_docs_per_connection,
+        max_unacked_updates: app.config.max_unacked_updates,
+    };
+    let mut session = Session::new(peer.clone(), app.registry.clone(), limits);
+    tracing::debug!(id, "connection open");
+    let flow = loop {
+        let flow = tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => {
+                Flow::Close(close::GOING_AWAY, "server shutting down".into())
+            }
+            outcome = session.next_ack(), if session.has_pending_acks() => {
+                session.on_ack(outcome).await
+            }
+            () = peer.lagged() => session.on_lagged().await,
+            msg = stream.next(), if session.can_read() => match msg {
+                Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
+                Some(Ok(Message::Text(_))) => {
+                    Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(e)) => {
+                    tracing::debug!(id, error = %e, "read error");
+                    if is_capacity(&e) {
+                        Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                    } else {
+                        break None;
+                    }
+                }
+            },
+        };
+        if let Flow::Close(code, reason) = flow {
+            break Some((code, reason));
+        }
+    };
+    session.close();
+    // Updates already applied still get their acks, unless the socket is gone.
+    if let Some((code, reason)) = flow {
+        while session.has_pending_acks() && code == close::GOING_AWAY {
+            let outcome = session.next_ack().await;
+            if session.on_ack(outcome).await != Flow::Continue {
+                break;
+            }
+        }
+        let _ = peer.send(Outbound::Close(code, reason)).await;
+        drop(session);
+        drop(peer);
+        let _ = writer.await;
+    } else {
+        // The client went away: nothing more can be written.
+        writer.abort();
+    }
+    tracing::debug!(id, "connection closed");
+}
+
+fn is_capacity(e: &axum::Error) -> bool {
+    // axum wraps tungstenite's error; its message names the capacity limit.
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
+    let mut batch = Vec::with_capacity(MAX_FRAMES_PER_FLUSH);
+    while rx.recv_many(&mut batch, MAX_FRAMES_PER_FLUSH).await > 0 {
+        for out in batch.drain(..) {
+            let result = match out {
+                Outbound::Frame(frame) => sink.feed(Message::Binary(frame)).await,
+                Outbound::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,22 @@
+//! Folio: a collaborative text-editing server.
+//!
+//! Data flows one way: socket → [`session`] → [`doc`] shard → [`store`] and subscribers.
+//!
+//! - [`protocol`]: the generated protobuf types (wire and on-disk) and small helpers; no I/O.
+//! - [`doc`]: [`doc::DocId`], [`doc::DocShard`] (one Yrs doc, its awareness and its
+//!   subscribers) and [`doc::DocRegistry`] (every resident shard, loaded once, evicted when idle).
+//! - [`session`]: one WebSocket client's protocol state machine, free of socket I/O.
+//! - [`store`]: the storage seam ([`store::DocStore`]), its sled implementation and the
+//!   group-commit writer that makes updates durable before they are acknowledged.
+//! - [`http`]: the axum router: `/ws`, the REST API and its JSON errors.
+//! - [`server`]: wires the parts together and runs until shutdown.
+//! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
+
+pub mod config;
+pub mod doc;
+pub mod http;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod telemetry;

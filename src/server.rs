@@ -1,0 +1,146 @@
+//! Wires the parts together: opens the store, starts the writer, serves the
+//! router until `shutdown` resolves, then closes every socket with 1001 and
+//! makes everything durable before returning.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeConfig;
+use crate::doc::DocRegistry;
+use crate::http::{app, AppState};
+use crate::store::{DocStore, SledStore, StoreError, StoreWriter};
+
+/// Longest wait for connections to finish closing at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("final flush failed: {0}")]
+    Flush(#[from] crate::store::WriteFailed),
+}
+
+/// The storage half of a server: store, writer thread and registry.
+pub struct Storage {
+    pub registry: Arc<DocRegistry>,
+}
+
+impl Storage {
+    /// Opens the sled store in `data_dir` (failing at once if another
+    /// process holds it) and starts the writer.
+    ///
+    /// # Errors
+    /// The dir is locked or cannot be opened.
+    pub fn open(data_dir: &Path, config: &ServeConfig) -> Result<Self, ServerError> {
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(data_dir)?);
+        let writer = StoreWriter::start(store.clone(), config.write_queue_ops)?;
+        let registry = Arc::new(DocRegistry::new(store, writer, config.shard_settings()));
+        Ok(Self { registry })
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then shuts down cleanly.
+///
+/// # Errors
+/// The store could not be opened, or the final flush failed.
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let storage = Storage::open(&config.data_dir, &config)?;
+    let registry = storage.registry;
+    let cancel = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let state = AppState {
+        registry: registry.clone(),
+        config: Arc::new(config.clone()),
+        shutdown: cancel.clone(),
+        connections: connections.clone(),
+        next_connection_id: Arc::new(AtomicU64::new(1)),
+    };
+    let upkeep = tokio::spawn(upkeep_loop(
+        registry.clone(),
+        config.evict_idle(),
+        cancel.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "folio serving");
+
+    // Latency matters more than packet count: no Nagle delay on any socket.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = cancel.clone();
+    let serve = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    serve.await?;
+    cancel.cancel();
+
+    // Upgraded sockets are not tracked by axum: wait for our own tracker.
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period");
+    }
+    let _ = upkeep.await;
+    registry.flush_all().await?;
+    tracing::info!("all documents flushed; bye");
+    Ok(())
+}
+
+/// Snapshots and evictions, a few times per eviction period.
+async fn upkeep_loop(registry: Arc<DocRegistry>, evict_after: Duration, cancel: CancellationToken) {
+    let period = (evict_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let registry = registry.clone();
+                // Snapshot encoding is CPU work on big docs: keep it off the
+                // async workers.
+                let _ = tokio::task::spawn_blocking(move || registry.maintain(evict_after)).await;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
