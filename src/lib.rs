@@ -11,7 +11,10 @@
 //! - [`http`]: the axum router: `/ws`, the REST API and its JSON errors.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
+//! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
+//! - [`trace`]: the editing traces in `../shared/traces`, for tests and benchmarks.
 
+pub mod client;
 pub mod config;
 pub mod doc;
 pub mod http;
@@ -20,3 +23,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod trace;

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on an ephemeral port, real sled in a
+//! temp dir, real WebSocket clients built on yrs. One test binary, one module
+//! per area; helpers live in `support`.
+
+mod bad_input;
+mod durability;
+mod http_api;
+mod support;
+mod sync;
+mod traces;

@@ -1,0 +1,206 @@
+//! Test helpers: start the server in-process or as a child process, and
+//! wait for conditions with a generous bound (these machines are noisy, so
+//! bounds are for liveness, never for speed).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use folio::config::ServeConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long `eventually` waits before failing a test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Turns on logs when `TEST_LOG=1`.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        folio::telemetry::init();
+    }
+}
+
+/// The server running inside the test process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), folio::server::ServerError>>>,
+}
+
+impl TestServer {
+    /// Starts a server with default settings on a fresh temp dir.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// Starts a server on `dir`, letting the test adjust the config.
+    pub async fn start_with(dir: &Path, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        init_logs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local addr");
+        let mut config = ServeConfig::new(addr, dir.to_owned());
+        adjust(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(folio::server::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            data_dir: dir.to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful shutdown; returns once everything is flushed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("server task did not panic")
+                .expect("server stopped cleanly");
+        }
+    }
+
+    /// GET `path` as text, with its status.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(self.url(path)).await.expect("http get");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+
+    /// GET `path` as bytes, asserting 200.
+    pub async fn get_bytes(&self, path: &str) -> bytes::Bytes {
+        let resp = reqwest::get(self.url(path)).await.expect("http get");
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.bytes().await.expect("body")
+    }
+
+    /// The server's text of `doc`.
+    pub async fn text(&self, doc: &str) -> String {
+        let (status, body) = self.get_text(&format!("/docs/{doc}/text")).await;
+        assert_eq!(status, 200, "GET text of {doc}: {body}");
+        body
+    }
+}
+
+/// The `folio` binary running as a child process, for crash and signal tests.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Spawns `folio serve` on an ephemeral port over `dir` and waits until it listens.
+    pub fn spawn(dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_folio"))
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn folio");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("folio exited before listening")
+                .expect("read stdout");
+            if let Some(addr) = parse_addr(&line) {
+                break addr;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for exit")
+    }
+}
+
+fn parse_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("folio serving") {
+        return None;
+    }
+    let start = line.find("addr=")? + "addr=".len();
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A seed from `TEST_SEED`, or a fresh one; printed so a failure can be replayed.
+pub fn seed() -> u64 {
+    let seed = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        });
+    eprintln!("TEST_SEED={seed}");
+    seed
+}
