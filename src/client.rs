@@ -425,17 +425,27 @@ impl Editor {
         })
     }
 
-    /// Pumps until every sent update is acknowledged.
+    /// Pumps until at most `limit` updates are unacknowledged. A client that
+    /// streams updates must keep reading, or the server's acks back up
+    /// behind it and TCP flow control stops both sides.
     ///
     /// # Errors
     /// As [`Editor::pump`]; a refusal is returned as [`ClientError::Refused`].
-    pub async fn wait_acked(&mut self) -> Result<(), ClientError> {
-        while !self.unacked.is_empty() {
+    pub async fn wait_acked_below(&mut self, limit: usize) -> Result<(), ClientError> {
+        while self.unacked.len() > limit {
             if let Event::Error(e) = self.pump().await? {
                 return Err(ClientError::Refused(e));
             }
         }
         Ok(())
+    }
+
+    /// Pumps until every sent update is acknowledged.
+    ///
+    /// # Errors
+    /// As [`Editor::pump`]; a refusal is returned as [`ClientError::Refused`].
+    pub async fn wait_acked(&mut self) -> Result<(), ClientError> {
+        self.wait_acked_below(0).await
     }
 
     /// Pumps whatever arrives within `quiet`, until nothing does.

@@ -250,3 +250,52 @@ fn describe_resident(id: &DocId, info: &ShardInfo) -> DocInfo {
         resident: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn simultaneous_first_users_share_one_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let writer = StoreWriter::start(store.clone(), 64).expect("writer");
+        let settings = ShardSettings {
+            snapshot_every_updates: 100,
+            snapshot_interval: Duration::from_secs(60),
+        };
+        let registry = Arc::new(DocRegistry::new(store, writer, settings));
+        let id = DocId::parse("shared").expect("id");
+        let loads: Vec<_> = (0..16)
+            .map(|_| {
+                let (registry, id) = (registry.clone(), id.clone());
+                tokio::spawn(async move { registry.get(&id, true).await })
+            })
+            .collect();
+        let mut shards = Vec::new();
+        for load in loads {
+            shards.push(load.await.expect("task").expect("loaded"));
+        }
+        assert!(shards.iter().all(|s| Arc::ptr_eq(s, &shards[0])));
+        assert_eq!(registry.resident(), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_documents_are_not_found_without_create() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let writer = StoreWriter::start(store.clone(), 64).expect("writer");
+        let settings = ShardSettings {
+            snapshot_every_updates: 100,
+            snapshot_interval: Duration::from_secs(60),
+        };
+        let registry = DocRegistry::new(store, writer, settings);
+        let id = DocId::parse("ghost").expect("id");
+        assert!(matches!(
+            registry.get(&id, false).await,
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(registry.resident(), 0);
+    }
+}
