@@ -10,6 +10,6 @@ mod registry;
 mod shard;
 
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
-pub use peer::{Outbound, Peer, SendError};
+pub use peer::{Outbound, Peer, SendError, Wire};
 pub use registry::{DocInfo, DocRegistry, RegistryError};
 pub use shard::{Applied, DocShard, ShardError, ShardSettings, TEXT_NAME};

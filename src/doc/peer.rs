@@ -16,6 +16,15 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// The framing a peer speaks: shards encode each broadcast once per wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Folio's protobuf protocol on `/ws`.
+    Folio,
+    /// The y-protocols sync protocol of the `y-websocket` provider on `/yjs/{doc}`.
+    YSync,
+}
+
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -29,6 +38,7 @@ pub enum SendError {
 #[derive(Debug)]
 pub struct Peer {
     id: u64,
+    wire: Wire,
     tx: mpsc::Sender<Outbound>,
     /// Docs whose shard dropped this peer because its queue was full. Bounded
     /// by the number of docs the connection may follow.
@@ -37,10 +47,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer whose frames go to `tx`.
-    pub fn new(id: u64, tx: mpsc::Sender<Outbound>) -> Self {
+    /// A peer speaking `wire` whose frames go to `tx`.
+    pub fn new(id: u64, wire: Wire, tx: mpsc::Sender<Outbound>) -> Self {
         Self {
             id,
+            wire,
             tx,
             lagged: Mutex::new(Vec::new()),
             lag_notify: Notify::new(),
@@ -50,6 +61,17 @@ impl Peer {
     /// The connection id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The framing this peer speaks.
+    pub fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    /// Queues a close without waiting (used when the peer's wire has no way
+    /// to carry an error for one document).
+    pub fn try_close(&self, code: u16, reason: &str) {
+        let _ = self.tx.try_send(Outbound::Close(code, reason.to_owned()));
     }
 
     /// Queues a frame without waiting: for broadcasts, which must never wait

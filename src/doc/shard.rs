@@ -21,9 +21,9 @@ use yrs::{
     Update,
 };
 
-use super::peer::{Peer, SendError};
+use super::peer::{Peer, SendError, Wire};
 use super::DocId;
-use crate::protocol::{self, server_message::Kind, v1, ErrorCode};
+use crate::protocol::{self, server_message::Kind, v1, ysync, ErrorCode};
 use crate::store::{
     now_ms, Durable, LogEntry, Snapshot, StoreWriter, StoredDoc, WriteOp, WritePermit,
 };
@@ -260,16 +260,29 @@ impl DocShard {
             st.full_state = Some(update.clone());
         }
         let awareness = encode_awareness(&st.awareness);
-        let frame = protocol::encode(Kind::Synced(v1::Synced {
-            doc: self.id.to_string(),
-            update,
-            state_vector: server_sv,
-            awareness,
-        }));
-        peer.try_send(frame).map_err(|e| match e {
-            SendError::Full => ShardError::SlowConsumer,
-            SendError::Closed => ShardError::Closed,
-        })?;
+        let frames = match peer.wire() {
+            Wire::Folio => vec![protocol::encode(Kind::Synced(v1::Synced {
+                doc: self.id.to_string(),
+                update,
+                state_vector: server_sv,
+                awareness,
+            }))],
+            // y-websocket: answer the client's step 1 with step 2, then ask
+            // for what it has with our own step 1, then everyone's presence.
+            Wire::YSync => {
+                let mut frames = vec![ysync::step2(&update), ysync::step1(&server_sv)];
+                if !awareness.is_empty() {
+                    frames.push(ysync::awareness(&awareness));
+                }
+                frames
+            }
+        };
+        for frame in frames {
+            peer.try_send(frame).map_err(|e| match e {
+                SendError::Full => ShardError::SlowConsumer,
+                SendError::Closed => ShardError::Closed,
+            })?;
+        }
         st.members.push(Member {
             peer: peer.clone(),
             awareness_clients: Vec::new(),
@@ -370,12 +383,7 @@ impl DocShard {
             },
             text_len,
         });
-        let frame = protocol::encode(Kind::Update(v1::Update {
-            doc: self.id.to_string(),
-            update,
-            seq,
-        }));
-        self.broadcast(&mut st, &frame, from);
+        self.broadcast(&mut st, &Broadcast::Update { update, seq }, from);
         if st.updates_since_snapshot >= self.settings.snapshot_every_updates {
             self.snapshot_locked(&mut st);
         }
@@ -419,11 +427,7 @@ impl DocShard {
             .apply_update_summary(decoded)
             .map_err(|e| ShardError::InvalidAwareness(e.to_string()))?;
         if changed.is_some() {
-            let frame = protocol::encode(Kind::Awareness(v1::Awareness {
-                doc: self.id.to_string(),
-                update,
-            }));
-            self.broadcast(&mut st, &frame, Some(from));
+            self.broadcast(&mut st, &Broadcast::Awareness(update), Some(from));
         }
         Ok(())
     }
@@ -533,10 +537,12 @@ impl DocShard {
         st.last_snapshot_at = Instant::now();
     }
 
-    /// Sends `frame` to every member but `except`. A member whose queue is
-    /// full is dropped from the document and told so through its peer; it
-    /// resubscribes with its state vector, which the CRDT makes lossless.
-    fn broadcast(&self, st: &mut ShardState, frame: &Bytes, except: Option<u64>) {
+    /// Sends `msg` to every member but `except`, encoded once per wire. A
+    /// member whose queue is full is dropped from the document and told so
+    /// through its peer; it resubscribes with its state vector, which the
+    /// CRDT makes lossless.
+    fn broadcast(&self, st: &mut ShardState, msg: &Broadcast, except: Option<u64>) {
+        let mut frames = FrameCache::default();
         let mut dropped = Vec::new();
         let mut i = 0;
         while i < st.members.len() {
@@ -545,7 +551,8 @@ impl DocShard {
                 i += 1;
                 continue;
             }
-            match peer.try_send(frame.clone()) {
+            let frame = frames.get(peer.wire(), || msg.encode(&self.id, peer.wire()));
+            match peer.try_send(frame) {
                 Ok(()) => i += 1,
                 Err(e) => {
                     let member = st.members.swap_remove(i);
@@ -577,12 +584,9 @@ impl DocShard {
         let Ok(update) = st.awareness.update_with_clients(clients) else {
             return;
         };
-        let frame = protocol::encode(Kind::Awareness(v1::Awareness {
-            doc: self.id.to_string(),
-            update: Bytes::from(update.encode_v1()),
-        }));
+        let update = Bytes::from(update.encode_v1());
         // Recursion is bounded: each round only removes members.
-        self.broadcast(st, &frame, None);
+        self.broadcast(st, &Broadcast::Awareness(update), None);
     }
 
     fn poison(&self, st: &mut ShardState) {
@@ -594,8 +598,66 @@ impl DocShard {
             0,
         );
         for member in st.members.drain(..) {
-            let _ = member.peer.try_send(frame.clone());
+            match member.peer.wire() {
+                Wire::Folio => {
+                    let _ = member.peer.try_send(frame.clone());
+                }
+                // y-websocket has no error message: close, and its provider
+                // reconnects and resyncs by itself.
+                Wire::YSync => member
+                    .peer
+                    .try_close(CLOSE_DOC_RELOADED, "document reloaded"),
+            }
         }
+    }
+}
+
+/// Close code for y-websocket peers of a document reloaded after a fault
+/// (application range 4000-4999).
+pub const CLOSE_DOC_RELOADED: u16 = 4014;
+
+/// What a shard sends to its members.
+enum Broadcast {
+    Update { update: Bytes, seq: u64 },
+    Awareness(Bytes),
+}
+
+impl Broadcast {
+    fn encode(&self, doc: &DocId, wire: Wire) -> Bytes {
+        match (self, wire) {
+            (Self::Update { update, seq }, Wire::Folio) => {
+                protocol::encode(Kind::Update(v1::Update {
+                    doc: doc.to_string(),
+                    update: update.clone(),
+                    seq: *seq,
+                }))
+            }
+            (Self::Update { update, .. }, Wire::YSync) => ysync::update(update),
+            (Self::Awareness(update), Wire::Folio) => {
+                protocol::encode(Kind::Awareness(v1::Awareness {
+                    doc: doc.to_string(),
+                    update: update.clone(),
+                }))
+            }
+            (Self::Awareness(update), Wire::YSync) => ysync::awareness(update),
+        }
+    }
+}
+
+/// One encoding per wire, made on first use.
+#[derive(Default)]
+struct FrameCache {
+    folio: Option<Bytes>,
+    ysync: Option<Bytes>,
+}
+
+impl FrameCache {
+    fn get(&mut self, wire: Wire, encode: impl FnOnce() -> Bytes) -> Bytes {
+        let slot = match wire {
+            Wire::Folio => &mut self.folio,
+            Wire::YSync => &mut self.ysync,
+        };
+        slot.get_or_insert_with(encode).clone()
     }
 }
 
@@ -675,7 +737,7 @@ mod tests {
         let shard =
             DocShard::load(DocId::parse("d").expect("id"), None, writer, settings()).expect("load");
         let (tx, _rx) = mpsc::channel(2);
-        let slow = Arc::new(Peer::new(7, tx));
+        let slow = Arc::new(Peer::new(7, Wire::Folio, tx));
         shard.subscribe(&slow, &[]).expect("subscribe");
         for i in 0..3 {
             shard

@@ -14,7 +14,7 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc;
 
 use super::AppState;
-use crate::doc::{Outbound, Peer};
+use crate::doc::{Outbound, Peer, Wire};
 use crate::session::{close, Flow, Session, SessionLimits};
 
 /// Frames written before one flush at most, so a busy queue still flushes.
@@ -43,7 +43,7 @@ async fn run(socket: WebSocket, app: AppState) {
     let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
-    let peer = Arc::new(Peer::new(id, tx));
+    let peer = Arc::new(Peer::new(id, Wire::Folio, tx));
     let writer = tokio::spawn(write_loop(sink, rx));
     let limits = SessionLimits {
         max_message_bytes: app.config.max_message_bytes,

@@ -2,6 +2,8 @@
 //! records (`folio.store.v1`), generated from `proto/` by build.rs, plus the
 //! few helpers every transport needs. No I/O here.
 
+pub mod ysync;
+
 use bytes::Bytes;
 use prost::Message;
 
