@@ -169,6 +169,14 @@ pub fn new_doc() -> Doc {
     })
 }
 
+/// As [`new_doc`], with a fixed client id.
+pub fn new_doc_with_client_id(client_id: u64) -> Doc {
+    Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::with_client_id(yrs::ClientID::new(client_id))
+    })
+}
+
 /// What [`Editor::pump`] saw.
 #[derive(Debug)]
 pub enum Event {
@@ -206,7 +214,21 @@ impl Editor {
     /// # Errors
     /// Connection, subscription or sync failures.
     pub async fn join(url: &str, doc_id: &str, name: &str) -> Result<Self, ClientError> {
-        let doc = new_doc();
+        Self::join_with(url, doc_id, name, new_doc()).await
+    }
+
+    /// As [`Editor::join`], with a given Yrs doc (for a fixed client id:
+    /// concurrent inserts at one position are ordered by client id, and
+    /// replaying a recorded trace needs the recorded order).
+    ///
+    /// # Errors
+    /// Connection, subscription or sync failures.
+    pub async fn join_with(
+        url: &str,
+        doc_id: &str,
+        name: &str,
+        doc: Doc,
+    ) -> Result<Self, ClientError> {
         let text = doc.get_or_insert_text(TEXT_NAME);
         let mut editor = Self {
             conn: None,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::doc::ShardSettings;
+use crate::feed::FeedSettings;
 
 /// Settings of `folio serve`. Defaults suit one machine with sled in `./folio-data`.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,7 +19,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
 
     /// Write a full-state snapshot after this many updates to a document.
-    #[arg(long, env = "FOLIO_SNAPSHOT_EVERY_UPDATES", default_value_t = 1000)]
+    #[arg(long, env = "FOLIO_SNAPSHOT_EVERY_UPDATES", default_value_t = 5000)]
     pub snapshot_every_updates: u64,
 
     /// Or after this many seconds with updates since the last snapshot.
@@ -50,6 +51,30 @@ pub struct ServeConfig {
     /// Writes queued to disk before writers wait (group commit takes them all at once).
     #[arg(long, env = "FOLIO_WRITE_QUEUE_OPS", default_value_t = 65536)]
     pub write_queue_ops: usize,
+
+    /// Watchers get one `activity` event per author per this many milliseconds.
+    #[arg(long, env = "FOLIO_ACTIVITY_WINDOW_MS", default_value_t = 250)]
+    pub activity_window_ms: u64,
+
+    /// Feed events kept per document (and globally) for `Last-Event-ID` resumes.
+    #[arg(long, env = "FOLIO_FEED_HISTORY_EVENTS", default_value_t = 1000)]
+    pub feed_history_events: usize,
+
+    /// Feed events older than this many seconds are no longer resumable.
+    #[arg(long, env = "FOLIO_FEED_HISTORY_SECS", default_value_t = 300)]
+    pub feed_history_secs: u64,
+
+    /// Seconds between keep-alive comments on idle SSE streams.
+    #[arg(long, env = "FOLIO_SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub sse_keepalive_secs: u64,
+
+    /// The reconnect delay SSE clients are told to use (`retry:`), in milliseconds.
+    #[arg(long, env = "FOLIO_SSE_RETRY_MS", default_value_t = 2000)]
+    pub sse_retry_ms: u64,
+
+    /// A text stream sends at most one `delta` event per this many milliseconds.
+    #[arg(long, env = "FOLIO_TEXT_STREAM_INTERVAL_MS", default_value_t = 50)]
+    pub text_stream_interval_ms: u64,
 }
 
 impl ServeConfig {
@@ -58,7 +83,7 @@ impl ServeConfig {
         Self {
             addr,
             data_dir,
-            snapshot_every_updates: 1000,
+            snapshot_every_updates: 5000,
             snapshot_interval_secs: 60,
             evict_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
@@ -66,6 +91,21 @@ impl ServeConfig {
             max_unacked_updates: 4096,
             outbound_queue_frames: 4096,
             write_queue_ops: 65536,
+            activity_window_ms: 250,
+            feed_history_events: 1000,
+            feed_history_secs: 300,
+            sse_keepalive_secs: 15,
+            sse_retry_ms: 2000,
+            text_stream_interval_ms: 50,
+        }
+    }
+
+    /// The feed part of the settings.
+    pub fn feed_settings(&self) -> FeedSettings {
+        FeedSettings {
+            activity_window: Duration::from_millis(self.activity_window_ms),
+            history_events: self.feed_history_events.max(1),
+            history_age: Duration::from_secs(self.feed_history_secs),
         }
     }
 

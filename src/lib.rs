@@ -5,10 +5,12 @@
 //! - [`protocol`]: the generated protobuf types (wire and on-disk) and small helpers; no I/O.
 //! - [`doc`]: [`doc::DocId`], [`doc::DocShard`] (one Yrs doc, its awareness and its
 //!   subscribers) and [`doc::DocRegistry`] (every resident shard, loaded once, evicted when idle).
+//! - [`feed`]: watcher feeds (presence, activity, saved, doc events) with resumable history.
 //! - [`session`]: one WebSocket client's protocol state machine, free of socket I/O.
+//! - [`ysession`]: the same for a `y-websocket` client on `/yjs/{doc}` (y-protocols sync).
 //! - [`store`]: the storage seam ([`store::DocStore`]), its sled implementation and the
 //!   group-commit writer that makes updates durable before they are acknowledged.
-//! - [`http`]: the axum router: `/ws`, the REST API and its JSON errors.
+//! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
@@ -17,6 +19,7 @@
 pub mod client;
 pub mod config;
 pub mod doc;
+pub mod feed;
 pub mod http;
 pub mod protocol;
 pub mod server;
@@ -24,3 +27,4 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod trace;
+pub mod ysession;

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
+use crate::feed::FeedHub;
 use crate::http::{app, AppState};
-use crate::store::{DocStore, SledStore, StoreError, StoreWriter};
+use crate::store::{now_ms, DocStore, SledStore, StoreError, StoreWriter, WriterThread};
 
 /// Longest wait for connections to finish closing at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -35,6 +36,7 @@ pub enum ServerError {
 /// The storage half of a server: store, writer thread and registry.
 pub struct Storage {
     pub registry: Arc<DocRegistry>,
+    pub writer_thread: WriterThread,
 }
 
 impl Storage {
@@ -45,9 +47,20 @@ impl Storage {
     /// The dir is locked or cannot be opened.
     pub fn open(data_dir: &Path, config: &ServeConfig) -> Result<Self, ServerError> {
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(data_dir)?);
-        let writer = StoreWriter::start(store.clone(), config.write_queue_ops)?;
-        let registry = Arc::new(DocRegistry::new(store, writer, config.shard_settings()));
-        Ok(Self { registry })
+        let (writer, writer_thread) = StoreWriter::start(store.clone(), config.write_queue_ops)?;
+        // Feed ids start with the start time, so they never repeat across runs.
+        let epoch = u64::try_from(now_ms()).unwrap_or(0);
+        let feeds = FeedHub::new(epoch, config.feed_settings());
+        let registry = Arc::new(DocRegistry::new(
+            store,
+            writer,
+            config.shard_settings(),
+            feeds,
+        ));
+        Ok(Self {
+            registry,
+            writer_thread,
+        })
     }
 }
 
@@ -60,8 +73,10 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let storage = Storage::open(&config.data_dir, &config)?;
-    let registry = storage.registry;
+    let Storage {
+        registry,
+        writer_thread,
+    } = Storage::open(&config.data_dir, &config)?;
     let cancel = CancellationToken::new();
     let connections = TaskTracker::new();
     let state = AppState {
@@ -101,6 +116,14 @@ pub async fn run(
     }
     let _ = upkeep.await;
     registry.flush_all().await?;
+    // Dropping the last registry handle drops every shard and with them the
+    // writer's senders: the writer thread then ends and closes the store,
+    // releasing the data dir's lock before we return.
+    drop(registry);
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+    if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
+        tracing::warn!("store writer still running after the grace period");
+    }
     tracing::info!("all documents flushed; bye");
     Ok(())
 }

@@ -280,7 +280,8 @@ impl Session {
                 Ok(shard) => shard,
                 Err(e) => return self.registry_error(&doc, e).await,
             };
-            match shard.subscribe(&self.peer, &sub.state_vector) {
+            let author = self.author.as_deref().unwrap_or_default();
+            match shard.subscribe(&self.peer, author, &sub.state_vector) {
                 Ok(()) => {
                     self.subs.insert(doc, shard);
                     return Flow::Continue;

@@ -12,4 +12,5 @@ mod shard;
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
 pub use peer::{Outbound, Peer, SendError, Wire};
 pub use registry::{DocInfo, DocRegistry, RegistryError};
-pub use shard::{Applied, DocShard, ShardError, ShardSettings, TEXT_NAME};
+pub(crate) use shard::decode_guarded;
+pub use shard::{Applied, DocShard, ShardError, ShardSettings, CLOSE_DOC_RELOADED, TEXT_NAME};

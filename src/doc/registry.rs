@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
 use super::DocId;
+use crate::feed::FeedHub;
 use crate::store::{now_ms, DocMeta, DocStore, StoreError, StoreWriter, WriteOp};
 
 /// Times a lookup retries when it finds a shard that just closed. Closing
@@ -49,6 +50,8 @@ pub struct DocInfo {
     /// Milliseconds since the Unix epoch of the last change.
     pub last_change_ms: i64,
     pub resident: bool,
+    /// SSE watchers of the document right now.
+    pub watchers: usize,
 }
 
 /// Every resident document. See the module docs.
@@ -57,17 +60,50 @@ pub struct DocRegistry {
     store: Arc<dyn DocStore>,
     writer: StoreWriter,
     settings: ShardSettings,
+    feeds: FeedHub,
 }
 
 impl DocRegistry {
-    /// An empty registry over `store`, writing through `writer`.
-    pub fn new(store: Arc<dyn DocStore>, writer: StoreWriter, settings: ShardSettings) -> Self {
+    /// An empty registry over `store`, writing through `writer`, publishing
+    /// to `feeds`.
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        writer: StoreWriter,
+        settings: ShardSettings,
+        feeds: FeedHub,
+    ) -> Self {
         Self {
             slots: DashMap::new(),
             store,
             writer,
             settings,
+            feeds,
         }
+    }
+
+    /// The watcher feeds.
+    pub fn feeds(&self) -> &FeedHub {
+        &self.feeds
+    }
+
+    /// Whether `doc` exists, resident or on disk.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn exists(&self, doc: &DocId) -> Result<bool, RegistryError> {
+        Ok(self.resident_shard(doc).is_some() || self.exists_on_disk(doc).await?)
+    }
+
+    /// The stored summary of `doc`, if any.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, RegistryError> {
+        let (store, key) = (self.store.clone(), doc.clone());
+        tokio::task::spawn_blocking(move || store.meta(&key))
+            .await
+            .map_err(|e| RegistryError::Join(e.to_string()))?
+            .map_err(RegistryError::from)
     }
 
     /// The store behind the registry.
@@ -109,11 +145,7 @@ impl DocRegistry {
     }
 
     async fn exists_on_disk(&self, id: &DocId) -> Result<bool, RegistryError> {
-        let (store, key) = (self.store.clone(), id.clone());
-        let meta = tokio::task::spawn_blocking(move || store.meta(&key))
-            .await
-            .map_err(|e| RegistryError::Join(e.to_string()))??;
-        Ok(meta.is_some())
+        Ok(self.meta(id).await?.is_some())
     }
 
     /// The shard for `id` if it is in memory now.
@@ -141,7 +173,10 @@ impl DocRegistry {
         let stored = tokio::task::spawn_blocking(move || store.load(&key))
             .await
             .map_err(|e| RegistryError::Join(e.to_string()))??;
-        if stored.is_none() {
+        let created = stored.is_none();
+        let text_len = stored.as_ref().map_or(0, |s| s.meta.text_len);
+        let feed = self.feeds.feed(id, || text_len);
+        if created {
             let permit = self
                 .writer
                 .reserve()
@@ -153,10 +188,15 @@ impl DocRegistry {
             }));
         }
         let (writer, settings, key) = (self.writer.clone(), self.settings, id.clone());
-        let shard =
-            tokio::task::spawn_blocking(move || DocShard::load(key, stored, writer, settings))
-                .await
-                .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let shard_feed = feed.clone();
+        let shard = tokio::task::spawn_blocking(move || {
+            DocShard::load(key, stored, writer, settings, shard_feed)
+        })
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        if created {
+            feed.lifecycle("created");
+        }
         tracing::debug!(doc = %id, "document loaded");
         Ok(Arc::new(shard))
     }
@@ -169,6 +209,7 @@ impl DocRegistry {
             .iter()
             .filter_map(|e| e.value().shard.get().cloned())
             .collect();
+        self.feeds.maintain();
         let mut evicted = 0;
         for shard in shards {
             if shard.maintain(evict_after) {
@@ -217,7 +258,8 @@ impl DocRegistry {
                     .binary_search_by(|d| d.id.as_str().cmp(entry.key().as_str()))
                     .is_err()
                 {
-                    out.push(describe_resident(entry.key(), &shard.info()));
+                    let watchers = self.feeds.watchers(entry.key());
+                    out.push(describe_resident(entry.key(), &shard.info(), watchers));
                 }
             }
         }
@@ -227,7 +269,7 @@ impl DocRegistry {
 
     fn describe(&self, id: &DocId, meta: &DocMeta) -> DocInfo {
         match self.resident_shard(id) {
-            Some(shard) => describe_resident(id, &shard.info()),
+            Some(shard) => describe_resident(id, &shard.info(), self.feeds.watchers(id)),
             None => DocInfo {
                 id: id.to_string(),
                 text_len: meta.text_len,
@@ -235,12 +277,13 @@ impl DocRegistry {
                 last_seq: meta.last_seq,
                 last_change_ms: meta.updated_ms,
                 resident: false,
+                watchers: self.feeds.watchers(id),
             },
         }
     }
 }
 
-fn describe_resident(id: &DocId, info: &ShardInfo) -> DocInfo {
+fn describe_resident(id: &DocId, info: &ShardInfo, watchers: usize) -> DocInfo {
     DocInfo {
         id: id.to_string(),
         text_len: info.text_len,
@@ -248,24 +291,37 @@ fn describe_resident(id: &DocId, info: &ShardInfo) -> DocInfo {
         last_seq: info.last_seq,
         last_change_ms: info.last_change_ms,
         resident: true,
+        watchers,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::FeedSettings;
     use crate::store::SledStore;
+
+    fn test_hub() -> FeedHub {
+        FeedHub::new(
+            1,
+            FeedSettings {
+                activity_window: Duration::from_millis(10),
+                history_events: 100,
+                history_age: Duration::from_secs(60),
+            },
+        )
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn simultaneous_first_users_share_one_load() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let writer = StoreWriter::start(store.clone(), 64).expect("writer");
+        let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
         let settings = ShardSettings {
             snapshot_every_updates: 100,
             snapshot_interval: Duration::from_secs(60),
         };
-        let registry = Arc::new(DocRegistry::new(store, writer, settings));
+        let registry = Arc::new(DocRegistry::new(store, writer, settings, test_hub()));
         let id = DocId::parse("shared").expect("id");
         let loads: Vec<_> = (0..16)
             .map(|_| {
@@ -285,12 +341,12 @@ mod tests {
     async fn unknown_documents_are_not_found_without_create() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let writer = StoreWriter::start(store.clone(), 64).expect("writer");
+        let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
         let settings = ShardSettings {
             snapshot_every_updates: 100,
             snapshot_interval: Duration::from_secs(60),
         };
-        let registry = DocRegistry::new(store, writer, settings);
+        let registry = DocRegistry::new(store, writer, settings, test_hub());
         let id = DocId::parse("ghost").expect("id");
         assert!(matches!(
             registry.get(&id, false).await,

@@ -8,21 +8,26 @@
 //! subscriber receives updates in are one and the same.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use yrs::sync::{Awareness, AwarenessUpdate};
+use yrs::types::text::TextEvent;
+use yrs::types::Delta;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    ClientID, Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact,
-    Update,
+    Any, ClientID, Doc, GetString, Observable, OffsetKind, Options, Out, ReadTxn, StateVector,
+    StickyIndex, Text, TextRef, Transact, TransactionMut, Update,
 };
 
 use super::peer::{Peer, SendError, Wire};
 use super::DocId;
+use crate::feed::delta::Op;
+use crate::feed::{DocFeed, Edit, Presence};
 use crate::protocol::{self, server_message::Kind, v1, ysync, ErrorCode};
 use crate::store::{
     now_ms, Durable, LogEntry, Snapshot, StoreWriter, StoredDoc, WriteOp, WritePermit,
@@ -95,6 +100,8 @@ pub struct Applied {
 /// A peer subscribed to this document, and the awareness client ids it set.
 struct Member {
     peer: Arc<Peer>,
+    /// The name the peer gave; shown with its presence.
+    author: Arc<str>,
     /// Awareness clients this peer introduced, removed when it leaves.
     /// Bounded in practice by what one client sends; cleared on leave.
     awareness_clients: Vec<ClientID>,
@@ -115,12 +122,19 @@ struct ShardState {
     full_state: Option<Bytes>,
     /// Set when evicted or poisoned; callers then look the doc up again.
     closed: bool,
+    /// The text delta of the last transaction, left by the text observer
+    /// when `want_delta` is set.
+    last_delta: Arc<Mutex<Vec<Op>>>,
+    /// Whether the observer should compute deltas: yrs walks the text from
+    /// its start to make one, so only while someone watches.
+    want_delta: Arc<AtomicBool>,
 }
 
 /// One document in memory. See the module docs.
 pub struct DocShard {
     id: DocId,
     state: Mutex<ShardState>,
+    feed: Arc<DocFeed>,
     writer: StoreWriter,
     settings: ShardSettings,
 }
@@ -144,8 +158,11 @@ fn new_doc() -> Doc {
 }
 
 /// Runs a decoder that may panic on hostile bytes (yrs asserts on some
-/// malformed input), turning a panic into an error.
-fn decode_guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+/// malformed input), turning a panic into an error. Shared with the
+/// y-websocket session, which parses y-protocols frames with yrs's readers.
+pub(crate) fn decode_guarded<T, E: std::fmt::Display>(
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
@@ -163,6 +180,7 @@ impl DocShard {
         stored: Option<StoredDoc>,
         writer: StoreWriter,
         settings: ShardSettings,
+        feed: Arc<DocFeed>,
     ) -> Result<Self, ShardError> {
         let doc = new_doc();
         let text = doc.get_or_insert_text(TEXT_NAME);
@@ -194,6 +212,18 @@ impl DocShard {
                 (last_seq, stored.meta.updated_ms, pending)
             }
         };
+        // Observed after loading, so replaying the log costs no deltas.
+        let last_delta = Arc::new(Mutex::new(Vec::new()));
+        let want_delta = Arc::new(AtomicBool::new(false));
+        let (slot, wanted) = (last_delta.clone(), want_delta.clone());
+        text.observe(
+            "folio-feed",
+            move |txn: &TransactionMut, event: &TextEvent| {
+                if wanted.load(Ordering::Relaxed) {
+                    *slot.lock() = event.delta(txn).iter().map(delta_op).collect();
+                }
+            },
+        );
         Ok(Self {
             id,
             state: Mutex::new(ShardState {
@@ -207,7 +237,10 @@ impl DocShard {
                 idle_since: Some(Instant::now()),
                 full_state: None,
                 closed: false,
+                last_delta,
+                want_delta,
             }),
+            feed,
             writer,
             settings,
         })
@@ -229,7 +262,12 @@ impl DocShard {
     /// # Errors
     /// An undecodable state vector, a duplicate subscription, a full queue, or
     /// [`ShardError::Closed`].
-    pub fn subscribe(&self, peer: &Arc<Peer>, state_vector: &[u8]) -> Result<(), ShardError> {
+    pub fn subscribe(
+        &self,
+        peer: &Arc<Peer>,
+        author: &str,
+        state_vector: &[u8],
+    ) -> Result<(), ShardError> {
         let client_sv = if state_vector.is_empty() {
             None
         } else {
@@ -285,6 +323,7 @@ impl DocShard {
         }
         st.members.push(Member {
             peer: peer.clone(),
+            author: author.into(),
             awareness_clients: Vec::new(),
         });
         st.idle_since = None;
@@ -347,6 +386,12 @@ impl DocShard {
                 return Err(ShardError::MissingDependencies);
             }
         }
+        let counts = (
+            id_set_len(&decoded.insertions(false)),
+            id_set_len(decoded.delete_set()),
+        );
+        let want_delta = self.feed.wants_deltas();
+        st.want_delta.store(want_delta, Ordering::Relaxed);
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = st.awareness.doc().transact_mut();
             txn.apply_update(decoded)
@@ -369,6 +414,8 @@ impl DocShard {
         };
         st.last_seq += 1;
         let seq = st.last_seq;
+        let delta = want_delta.then(|| std::mem::take(&mut *st.last_delta.lock()));
+        self.feed.edit(author, delta, counts, text_len, seq);
         let time_ms = now_ms();
         st.last_change_ms = time_ms;
         st.full_state = None;
@@ -409,27 +456,57 @@ impl DocShard {
         if st.closed {
             return Err(ShardError::Closed);
         }
+        // Clients such as the y-websocket provider relay every presence they
+        // hear, others' included: a presence belongs to the member that
+        // introduced it, so that it leaves with that member and no other.
+        let present: Vec<ClientID> = decoded
+            .clients
+            .keys()
+            .copied()
+            .filter(|c| st.awareness.state::<serde::de::IgnoredAny>(*c).is_some())
+            .collect();
         let Some(member) = st.members.iter_mut().find(|m| m.peer.id() == from) else {
             return Err(ShardError::NotSubscribed);
         };
         for (client, entry) in &decoded.clients {
             let owned = member.awareness_clients.iter().position(|c| c == client);
             match (&*entry.json == "null", owned) {
-                (false, None) => member.awareness_clients.push(*client),
+                (false, None) if !present.contains(client) => {
+                    member.awareness_clients.push(*client);
+                }
                 (true, Some(at)) => {
                     member.awareness_clients.swap_remove(at);
                 }
                 _ => {}
             }
         }
+        let author = member.author.clone();
         let changed = st
             .awareness
             .apply_update_summary(decoded)
             .map_err(|e| ShardError::InvalidAwareness(e.to_string()))?;
-        if changed.is_some() {
+        if let Some(changed) = changed {
+            for client in changed.all_changes() {
+                let now = presence_of(&st, client, &author);
+                self.feed.presence(client.get(), now);
+            }
             self.broadcast(&mut st, &Broadcast::Awareness(update), Some(from));
         }
         Ok(())
+    }
+
+    /// The document's watcher feed.
+    pub fn feed(&self) -> &Arc<DocFeed> {
+        &self.feed
+    }
+
+    /// The text now, and every edit after it: taken under the lock that
+    /// orders edits, so applying the edits to the text never skips or repeats one.
+    pub fn watch_text(&self) -> (String, tokio::sync::broadcast::Receiver<Arc<Edit>>) {
+        let st = self.state.lock();
+        let rx = self.feed.subscribe_edits();
+        let txn = st.awareness.doc().transact();
+        (st.text.get_string(&txn), rx)
     }
 
     /// The document's text.
@@ -523,16 +600,25 @@ impl DocShard {
             ),
         };
         st.full_state = Some(state.clone());
-        // The snapshot's completion is not awaited: if it fails, the log
-        // still holds every update and the next snapshot tries again.
-        drop(permit.send(WriteOp::Snapshot {
+        let seq = st.last_seq;
+        let durable = permit.send(WriteOp::Snapshot {
             doc: self.id.clone(),
-            seq: st.last_seq,
+            seq,
             snapshot: Snapshot {
                 time_ms: now_ms(),
                 state,
             },
-        }));
+        });
+        // If the snapshot fails, the log still holds every update and the
+        // next snapshot tries again; watchers hear of the ones that land.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let feed = self.feed.clone();
+            rt.spawn(async move {
+                if let Ok(Ok(())) = durable.await {
+                    feed.saved(seq);
+                }
+            });
+        }
         st.updates_since_snapshot = 0;
         st.last_snapshot_at = Instant::now();
     }
@@ -580,6 +666,7 @@ impl DocShard {
         }
         for client in &clients {
             st.awareness.remove_state(*client);
+            self.feed.presence(client.get(), None);
         }
         let Ok(update) = st.awareness.update_with_clients(clients) else {
             return;
@@ -661,6 +748,62 @@ impl FrameCache {
     }
 }
 
+/// How many clock units an id set covers.
+fn id_set_len(set: &yrs::IdSet) -> u32 {
+    set.iter()
+        .map(|(_, ranges)| ranges.iter().map(|r| r.end - r.start).sum::<u32>())
+        .sum()
+}
+
+/// A yrs text delta as a feed delta. Embeds count as one U+FFFC character.
+fn delta_op(d: &Delta) -> Op {
+    match d {
+        Delta::Inserted(Out::Any(Any::String(s)), _) => Op::Insert(s.to_string()),
+        Delta::Inserted(_, _) => Op::Insert("\u{FFFC}".to_owned()),
+        Delta::Deleted(n) => Op::Delete(*n),
+        Delta::Retain(n, _) => Op::Retain(*n),
+    }
+}
+
+/// The `user` part of `client`'s awareness state, or `None` if it has none.
+/// The cursor is the selection head, as a number or a Yjs relative position
+/// (as y-codemirror and y-prosemirror send), turned into a text index.
+fn presence_of(st: &ShardState, client: ClientID, author: &str) -> Option<Presence> {
+    let state: serde_json::Value = st.awareness.state(client)?;
+    if state.is_null() {
+        return None;
+    }
+    let user = &state["user"];
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let cursor = match &state["cursor"] {
+        serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        v @ serde_json::Value::Object(_) => {
+            let head = if v.get("head").is_some() {
+                &v["head"]
+            } else {
+                v
+            };
+            match head {
+                serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                rel => serde_json::from_value::<StickyIndex>(rel.clone())
+                    .ok()
+                    .and_then(|sticky| {
+                        let txn = st.awareness.doc().transact();
+                        sticky.get_offset(&txn).map(|o| o.index)
+                    }),
+            }
+        }
+        _ => None,
+    };
+    Some(Presence {
+        client: client.get(),
+        author: author.to_owned(),
+        name: text(&user["name"]),
+        color: text(&user["color"]),
+        cursor,
+    })
+}
+
 /// The current presence of everyone, or empty bytes if nobody has any.
 fn encode_awareness(awareness: &Awareness) -> Bytes {
     match awareness.update() {
@@ -682,6 +825,18 @@ mod tests {
         }
     }
 
+    fn feed() -> Arc<DocFeed> {
+        let hub = crate::feed::FeedHub::new(
+            1,
+            crate::feed::FeedSettings {
+                activity_window: Duration::from_millis(10),
+                history_events: 100,
+                history_age: Duration::from_secs(60),
+            },
+        );
+        hub.feed(&DocId::parse("d").expect("id"), || 0)
+    }
+
     fn insert_update(client: u64, text: &str) -> Bytes {
         let doc = Doc::with_client_id(client);
         let t = doc.get_or_insert_text(TEXT_NAME);
@@ -694,9 +849,15 @@ mod tests {
     async fn invalid_and_disconnected_updates_change_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let writer = StoreWriter::start(store, 16).expect("writer");
-        let shard =
-            DocShard::load(DocId::parse("d").expect("id"), None, writer, settings()).expect("load");
+        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
+        let shard = DocShard::load(
+            DocId::parse("d").expect("id"),
+            None,
+            writer,
+            settings(),
+            feed(),
+        )
+        .expect("load");
         let ok = shard
             .apply_update(insert_update(1, "hi"), "t", None)
             .await
@@ -733,12 +894,18 @@ mod tests {
     async fn full_queue_drops_the_slow_member_and_flags_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let writer = StoreWriter::start(store, 16).expect("writer");
-        let shard =
-            DocShard::load(DocId::parse("d").expect("id"), None, writer, settings()).expect("load");
+        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
+        let shard = DocShard::load(
+            DocId::parse("d").expect("id"),
+            None,
+            writer,
+            settings(),
+            feed(),
+        )
+        .expect("load");
         let (tx, _rx) = mpsc::channel(2);
         let slow = Arc::new(Peer::new(7, Wire::Folio, tx));
-        shard.subscribe(&slow, &[]).expect("subscribe");
+        shard.subscribe(&slow, "slow", &[]).expect("subscribe");
         for i in 0..3 {
             shard
                 .apply_update(insert_update(10 + i, "x"), "t", None)

@@ -5,6 +5,7 @@
 mod api;
 mod error;
 mod ws;
+mod yws;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/yjs/{*doc}", get(yws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/docs", get(api::list_docs))
         .route("/docs/{id}/text", get(api::text))

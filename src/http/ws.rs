@@ -27,16 +27,20 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 0;
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
-    let max = app.config.max_message_bytes as usize;
+    configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+        let tracker = app.connections.clone();
+        tracker.track_future(run(socket, app))
+    })
+}
+
+/// The socket settings every WebSocket endpoint uses (`/ws` and `/yjs`).
+pub(super) fn configure(ws: WebSocketUpgrade, max_message_bytes: u32) -> WebSocketUpgrade {
+    let max = max_message_bytes as usize;
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // One byte over our limit reaches the session, which closes with 1009.
         .max_message_size(max + 1)
         .max_frame_size(max + 1)
-        .on_upgrade(move |socket| {
-            let tracker = app.connections.clone();
-            tracker.track_future(run(socket, app))
-        })
 }
 
 async fn run(socket: WebSocket, app: AppState) {
@@ -103,13 +107,19 @@ async fn run(socket: WebSocket, app: AppState) {
     tracing::debug!(id, "connection closed");
 }
 
-fn is_capacity(e: &axum::Error) -> bool {
+/// Whether a read error is a frame over the size limit (close with 1009).
+pub(super) fn is_capacity(e: &axum::Error) -> bool {
     // axum wraps tungstenite's error; its message names the capacity limit.
     let text = e.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
+/// Drains a connection's queue into the socket, flushing once per batch;
+/// stops after writing an [`Outbound::Close`] or when the socket fails.
+pub(super) async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
     let mut batch = Vec::with_capacity(MAX_FRAMES_PER_FLUSH);
     while rx.recv_many(&mut batch, MAX_FRAMES_PER_FLUSH).await > 0 {
         for out in batch.drain(..) {

@@ -5,10 +5,10 @@
 //! decoded and encoded again.
 
 use bytes::Bytes;
+use yrs::encoding::write::Write;
 use yrs::sync::protocol::{
     MSG_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2, MSG_SYNC_UPDATE,
 };
-use yrs::encoding::write::Write;
 use yrs::updates::encoder::{Encoder, EncoderV1};
 
 fn frame(tag: u8, sub: Option<u8>, payload: &[u8]) -> Bytes {

@@ -12,7 +12,7 @@ mod sled_store;
 mod writer;
 
 pub use sled_store::SledStore;
-pub use writer::{Durable, StoreWriter, WriteFailed, WritePermit, WriterClosed};
+pub use writer::{Durable, StoreWriter, WriteFailed, WritePermit, WriterClosed, WriterThread};
 
 use crate::doc::DocId;
 pub use crate::protocol::store::{DocMeta, LogEntry, Snapshot};

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 use prost::Message;
@@ -65,6 +66,30 @@ fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, StoreErro
     M::decode(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
+/// How long to wait for sled's own lock. Our lock file already guarantees no
+/// other process has the dir; sled 0.34 releases its lock from a background
+/// thread after close (spacejam/sled#1289), so a reopen in the same process
+/// right after a close can find it busy for a moment.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`.
     ///
@@ -84,10 +109,7 @@ impl SledStore {
                 path: dir.to_owned(),
             });
         }
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(&dir.join("sled"))?;
         Ok(Self {
             docs: db.open_tree("docs")?,
             log: db.open_tree("log")?,

@@ -52,6 +52,19 @@ impl WritePermit<'_> {
     }
 }
 
+/// The writer thread. It owns the store; joining it after every
+/// [`StoreWriter`] is dropped means the store is closed and its lock released.
+pub struct WriterThread(thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the thread to finish (blocking).
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}
+
 /// The writer thread has stopped (the server is shutting down).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the store writer has stopped")]
@@ -64,12 +77,18 @@ impl StoreWriter {
     ///
     /// # Errors
     /// The OS refused to start a thread.
-    pub fn start(store: Arc<dyn DocStore>, queue_ops: usize) -> std::io::Result<Self> {
+    ///
+    /// The thread stops once every clone of the returned writer is dropped,
+    /// after writing everything queued; [`WriterThread::join`] waits for that.
+    pub fn start(
+        store: Arc<dyn DocStore>,
+        queue_ops: usize,
+    ) -> std::io::Result<(Self, WriterThread)> {
         let (tx, rx) = mpsc::channel(queue_ops.max(1));
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("folio-store-writer".into())
             .spawn(move || run(store, rx))?;
-        Ok(Self { tx })
+        Ok((Self { tx }, WriterThread(handle)))
     }
 
     /// Waits for a place in the queue.

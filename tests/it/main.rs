@@ -8,3 +8,4 @@ mod http_api;
 mod support;
 mod sync;
 mod traces;
+mod yjs;

@@ -1,6 +1,7 @@
 //! Real editing traces typed through the server, one transaction per update.
 
 use folio::client::Editor;
+
 use folio::protocol::server_message::Kind;
 use folio::trace::{shared_trace, Trace};
 
@@ -60,9 +61,14 @@ async fn friendsforever_replayed_as_two_clients_converges() {
     let server = TestServer::start(dir.path()).await;
     let url = server.ws_url();
     let mut agents = Vec::new();
+    // The recording breaks ties between concurrent inserts at one position
+    // in agent order; Yjs breaks them by client id, so agent 0 gets the
+    // lower one (with the higher one on agent 0, the text comes out different).
     for i in 0..trace.num_agents {
+        let doc = folio::client::new_doc_with_client_id(1000 + i as u64);
+        let name = format!("agent{i}");
         agents.push(
-            Editor::join(&url, "ff", &format!("agent{i}"))
+            Editor::join_with(&url, "ff", &name, doc)
                 .await
                 .expect("join"),
         );

@@ -1,0 +1,117 @@
+//! `GET /yjs/{doc}`: the y-websocket endpoint, so that the standard Yjs
+//! provider connects unchanged: `new WebsocketProvider('ws://host:4700/yjs',
+//! docId, ydoc)`. The provider puts the room name into the path as it is, so
+//! the route takes the whole rest of the path (doc ids may contain `/`); the
+//! query string is ignored. Same shape as `/ws`: this reader loop feeds a
+//! [`YSession`], and the shared writer drains the connection's queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures_util::stream::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use super::ws::{configure, is_capacity, write_loop};
+use super::{ApiError, AppState};
+use crate::doc::{DocId, Outbound, Peer, Wire};
+use crate::session::{Flow, SessionLimits};
+use crate::ysession::{close, YSession};
+
+/// How often every connection gets a keepalive: half the provider's 30 s
+/// "no message received" watchdog, the period of its own awareness renewals.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
+
+/// Refuses a bad doc id with 400 before upgrading; otherwise upgrades.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    doc: Result<Path<String>, PathRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Path(doc) =
+        doc.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.body_text()))?;
+    let doc = DocId::parse(&doc)?;
+    let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    Ok(
+        configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+            let tracker = app.connections.clone();
+            tracker.track_future(run(socket, app, doc))
+        }),
+    )
+}
+
+async fn run(socket: WebSocket, app: AppState, doc: DocId) {
+    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
+    let peer = Arc::new(Peer::new(id, Wire::YSync, tx));
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let limits = SessionLimits {
+        max_message_bytes: app.config.max_message_bytes,
+        max_docs_per_connection: 1,
+        max_unacked_updates: app.config.max_unacked_updates,
+    };
+    let mut session = YSession::new(peer.clone(), app.registry.clone(), doc.clone(), limits);
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEPALIVE_EVERY,
+        KEEPALIVE_EVERY,
+    );
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tracing::debug!(id, %doc, "y-websocket connection open");
+    let flow = loop {
+        let flow = tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => {
+                Flow::Close(close::GOING_AWAY, "server shutting down".into())
+            }
+            outcome = session.next_write(), if session.has_pending_writes() => {
+                session.on_write(outcome)
+            }
+            () = peer.lagged() => session.on_lagged(),
+            _ = keepalive.tick() => {
+                session.on_keepalive();
+                Flow::Continue
+            }
+            msg = stream.next(), if session.can_read() => match msg {
+                Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
+                Some(Ok(Message::Text(_))) => {
+                    Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Err(e)) => {
+                    tracing::debug!(id, error = %e, "read error");
+                    if is_capacity(&e) {
+                        Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                    } else {
+                        break None;
+                    }
+                }
+            },
+        };
+        if let Flow::Close(code, reason) = flow {
+            break Some((code, reason));
+        }
+    };
+    session.close();
+    if let Some((code, reason)) = flow {
+        tracing::debug!(id, %doc, code, %reason, "closing y-websocket connection");
+        // Applied updates become durable whether or not we wait: there is no
+        // ack to send, so close at once.
+        let _ = peer.send(Outbound::Close(code, reason)).await;
+        drop(session);
+        drop(peer);
+        let _ = writer.await;
+    } else {
+        // The client went away: nothing more can be written.
+        writer.abort();
+    }
+    tracing::debug!(id, %doc, "y-websocket connection closed");
+}
