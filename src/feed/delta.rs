@@ -300,8 +300,8 @@ mod tests {
             Summary {
                 inserted: 2,
                 deleted: 4,
-                from: 3,
-                to: 5
+                from: Some(3),
+                to: Some(5)
             }
         );
         assert_eq!(Summary::of(&[Op::Retain(3)]), None);
