@@ -75,6 +75,16 @@ pub struct ServeConfig {
     /// A text stream sends at most one `delta` event per this many milliseconds.
     #[arg(long, env = "FOLIO_TEXT_STREAM_INTERVAL_MS", default_value_t = 50)]
     pub text_stream_interval_ms: u64,
+
+    /// PEM certificate chain (leaf first). With `--tls-key`, the server speaks
+    /// TLS only, offering HTTP/2 and HTTP/1.1 by ALPN; without both, plain
+    /// TCP (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[arg(long, env = "FOLIO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "FOLIO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -97,6 +107,8 @@ impl ServeConfig {
             sse_keepalive_secs: 15,
             sse_retry_ms: 2000,
             text_stream_interval_ms: 50,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -141,5 +153,16 @@ mod tests {
             .serve;
         let built = ServeConfig::new(parsed.addr, parsed.data_dir.clone());
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_pair() {
+        assert!(Cli::try_parse_from(["folio", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["folio", "--tls-key", "k.pem"]).is_err());
+        let both = Cli::try_parse_from(["folio", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .expect("both parse")
+            .serve;
+        assert_eq!(both.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(both.tls_key, Some(PathBuf::from("k.pem")));
     }
 }

@@ -11,7 +11,9 @@
 //! - [`store`]: the storage seam ([`store::DocStore`]), its sled implementation and the
 //!   group-commit writer that makes updates durable before they are acknowledged.
 //! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors.
+//! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
 //! - [`server`]: wires the parts together and runs until shutdown.
+//! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
 //! - [`trace`]: the editing traces in `../shared/traces`, for tests and benchmarks.
@@ -21,10 +23,12 @@ pub mod config;
 pub mod doc;
 pub mod feed;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod ysession;

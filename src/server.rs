@@ -31,6 +31,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("final flush failed: {0}")]
     Flush(#[from] crate::store::WriteFailed),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The storage half of a server: store, writer thread and registry.
@@ -66,13 +68,22 @@ impl Storage {
 
 /// Serves on `listener` until `shutdown` completes, then shuts down cleanly.
 ///
+/// Plain TCP speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c); with
+/// `tls_cert` and `tls_key` set, the listener speaks TLS only, offering h2 and
+/// http/1.1 by ALPN. Either way hyper's auto builder serves the connection, so
+/// WebSockets work over HTTP/1.1 upgrades and HTTP/2 extended CONNECT.
+///
 /// # Errors
-/// The store could not be opened, or the final flush failed.
+/// The TLS files are missing or invalid, the store could not be opened, or
+/// the final flush failed.
 pub async fn run(
     listener: TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    crate::metrics::install();
+    // Before the store: a bad certificate must not cost a data-dir lock.
+    let tls = crate::tls::acceptor(&config)?;
     let Storage {
         registry,
         writer_thread,
@@ -91,19 +102,57 @@ pub async fn run(
         config.evict_idle(),
         cancel.clone(),
     ));
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "folio serving");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        "folio serving"
+    );
 
-    // Latency matters more than packet count: no Nagle delay on any socket.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let stop = cancel.clone();
-    let serve = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let graceful = async move {
         shutdown.await;
         tracing::info!("shutting down");
         stop.cancel();
-    });
-    serve.await?;
+    };
+    let router = app(state);
+    let tracker = connections.clone();
+    let acceptor_stop = cancel.clone();
+    let serve = async move {
+        match tls {
+            None => {
+                // Latency matters more than packet count: no Nagle delay on any socket.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(graceful)
+                    .await
+            }
+            Some(acceptor) => {
+                // The acceptor task and its handshakes join the tracker that
+                // shutdown already waits on.
+                let listener =
+                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(graceful)
+                    .await
+            }
+        }
+    };
+    // After the signal axum waits, without limit, for every HTTP connection
+    // to finish its responses; one that never ends (an SSE stream) would
+    // hold shutdown, and the final flush, forever. Wait the grace period,
+    // then go on without them.
+    let stopping = cancel.clone();
+    let grace_over = async move {
+        stopping.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace_over => tracing::warn!("HTTP connections still open after the grace period"),
+    }
     cancel.cancel();
 
     // Upgraded sockets are not tracked by axum: wait for our own tracker.

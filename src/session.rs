@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use prost::Message;
 
-use crate::doc::{DocId, DocRegistry, DocShard, Outbound, Peer, RegistryError, ShardError};
+use crate::doc::{
+    DocId, DocRegistry, DocShard, DropReason, Outbound, Peer, RegistryError, ShardError,
+};
 use crate::protocol::{
     self, client_message, server_message::Kind, v1, ClientMessage, ErrorCode, PROTOCOL_VERSION,
 };
@@ -111,6 +113,9 @@ impl Session {
 
     /// Sends the `Ack` (or a storage `Error`) for an outcome.
     pub async fn on_ack(&mut self, outcome: AckOutcome) -> Flow {
+        if outcome.result.is_err() {
+            crate::metrics::error(ErrorCode::StorageFailure);
+        }
         let frame = match outcome.result {
             Ok(()) => protocol::encode(Kind::Ack(v1::Ack {
                 doc: outcome.doc.to_string(),
@@ -127,18 +132,24 @@ impl Session {
         self.reply(frame).await
     }
 
-    /// Handles the documents whose shards dropped this session for falling
-    /// behind: the subscription ends and the client is told to resubscribe,
-    /// once its queue has room again.
+    /// Handles the documents whose shards dropped this session (it fell
+    /// behind, or the document is being reloaded): the subscription ends and
+    /// the client is told to resubscribe, once its queue has room again.
     pub async fn on_lagged(&mut self) -> Flow {
-        for doc in self.peer.take_lagged() {
+        for (doc, reason) in self.peer.take_dropped() {
             if self.subs.remove(&doc).is_some() {
-                let frame = protocol::error_frame(
-                    doc.as_str(),
-                    ErrorCode::SlowConsumer,
-                    "you fell behind this document; subscribe again with your state vector",
-                    0,
-                );
+                let (code, message) = match reason {
+                    DropReason::SlowConsumer => (
+                        ErrorCode::SlowConsumer,
+                        "you fell behind this document; subscribe again with your state vector",
+                    ),
+                    DropReason::Reloaded => (
+                        ErrorCode::DocReloaded,
+                        "document reloaded after an internal fault; subscribe again",
+                    ),
+                };
+                crate::metrics::error(code);
+                let frame = protocol::error_frame(doc.as_str(), code, message, 0);
                 if let Flow::Close(code, reason) = self.reply(frame).await {
                     return Flow::Close(code, reason);
                 }
@@ -164,6 +175,24 @@ impl Session {
                 return Flow::Close(close::INVALID_PAYLOAD, "malformed message".into());
             }
         };
+        use client_message::Kind as K;
+        let hello_first = matches!(msg.kind, Some(K::Hello(_))) != self.author.is_some();
+        if !hello_first {
+            let flow = self
+                .error(
+                    "",
+                    ErrorCode::HelloRequired,
+                    "send exactly one Hello, first",
+                    0,
+                )
+                .await;
+            return match flow {
+                Flow::Continue => {
+                    Flow::Close(close::POLICY_VIOLATION, "hello required first".into())
+                }
+                closed => closed,
+            };
+        }
         let Some(kind) = msg.kind else {
             return self
                 .error(
@@ -174,7 +203,6 @@ impl Session {
                 )
                 .await;
         };
-        use client_message::Kind as K;
         match (self.author.is_some(), kind) {
             (false, K::Hello(hello)) => self.on_hello(hello).await,
             (_, K::Hello(_)) | (false, _) => {
@@ -409,6 +437,7 @@ impl Session {
     ) -> Flow {
         let message = message.into();
         tracing::debug!(peer = self.peer.id(), doc, ?code, %message, "refused");
+        crate::metrics::error(code);
         self.reply(protocol::error_frame(doc, code, message, seq))
             .await
     }

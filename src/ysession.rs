@@ -17,7 +17,7 @@
 //! 3. awareness both ways. The provider drops a connection that hears
 //!    nothing for 30 s; the reference server keeps it alive by echoing each
 //!    client's 15 s awareness renewals back to it. Folio sends a tiny no-op
-//!    awareness message every few seconds instead ([`YSession::on_keepalive`]):
+//!    awareness message every 15 s instead ([`YSession::on_keepalive`]):
 //!    the provider relays every presence it hears back to the server, so an
 //!    echo would send each presence change back to each client twice.
 //!
@@ -36,12 +36,12 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot::error::RecvError;
 use yrs::encoding::read::{self, Cursor, Read};
 use yrs::sync::protocol::{
-    MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2,
-    MSG_SYNC_UPDATE,
+    MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2, MSG_SYNC_UPDATE,
 };
 
 use crate::doc::{
-    decode_guarded, DocId, DocRegistry, DocShard, Outbound, Peer, RegistryError, ShardError, Wire,
+    decode_guarded, DocId, DocRegistry, DocShard, DropReason, Outbound, Peer, RegistryError,
+    ShardError, Wire,
 };
 use crate::protocol::ysync;
 use crate::session::{Flow, SessionLimits};
@@ -73,7 +73,7 @@ const PROBE_ID_BIT: u64 = 1 << 63;
 const PROBE_QUEUE_FRAMES: usize = 16;
 
 /// The encoded empty Yjs update (no structs, no deletions). Clients with
-/// nothing to send answer step 1 with it; applying it would log a no-op.
+/// nothing to send answer step 1 with it: there is nothing to apply.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
 
 /// An awareness update with no clients in it: the keepalive, and the answer
@@ -110,7 +110,7 @@ fn next_message(cursor: &mut Cursor<'_>) -> Result<Inbound, read::Error> {
         }
         t if t == u32::from(MSG_AWARENESS) => Ok(Inbound::Awareness(payload(cursor)?)),
         t if t == u32::from(MSG_QUERY_AWARENESS) => Ok(Inbound::QueryAwareness),
-        t if t == u32::from(MSG_AUTH) => Ok(Inbound::Skip(t)),
+        // Auth (MSG_AUTH) goes from server to client in y-protocols.
         t => Ok(Inbound::Skip(t)),
     }
 }
@@ -120,6 +120,9 @@ fn payload(cursor: &mut Cursor<'_>) -> Result<Range<usize>, read::Error> {
     let len = cursor.read_buf()?.len();
     Ok(cursor.next - len..cursor.next)
 }
+
+/// An applied update's durability: `Err` if the writer dropped it unanswered.
+pub type WriteOutcome = Result<Result<(), WriteFailed>, RecvError>;
 
 /// What the shard would send a new subscriber: see [`YSession::probe`].
 struct Probe {
@@ -190,7 +193,7 @@ impl YSession {
     }
 
     /// The next durability outcome; pending forever when there is none.
-    pub async fn next_write(&mut self) -> Result<Result<(), WriteFailed>, RecvError> {
+    pub async fn next_write(&mut self) -> WriteOutcome {
         match self.writes.next().await {
             Some(outcome) => outcome,
             None => std::future::pending().await,
@@ -199,7 +202,7 @@ impl YSession {
 
     /// Handles a durability outcome. There is no ack to send; a failed write
     /// closes the socket, the only way to tell a y-websocket client.
-    pub fn on_write(&mut self, outcome: Result<Result<(), WriteFailed>, RecvError>) -> Flow {
+    pub fn on_write(&mut self, outcome: WriteOutcome) -> Flow {
         match outcome {
             Ok(Ok(())) => Flow::Continue,
             Ok(Err(e)) => {
@@ -210,17 +213,22 @@ impl YSession {
         }
     }
 
-    /// The shard dropped this client for falling behind: close, and the
-    /// provider reconnects and resyncs by state vector, which loses nothing.
+    /// The shard dropped this client (it fell behind, or the document is
+    /// being reloaded): close, and the provider reconnects and resyncs by
+    /// state vector, which loses nothing.
     pub fn on_lagged(&mut self) -> Flow {
-        if self.peer.take_lagged().contains(&self.doc) {
-            self.shard = None;
-            return close_with(
+        let dropped = self.peer.take_dropped();
+        let Some((_, reason)) = dropped.iter().find(|(doc, _)| *doc == self.doc) else {
+            return Flow::Continue;
+        };
+        self.shard = None;
+        match reason {
+            DropReason::SlowConsumer => close_with(
                 close::TRY_AGAIN_LATER,
                 "fell behind the document; reconnect to resync",
-            );
+            ),
+            DropReason::Reloaded => close_with(close::DOC_RELOADED, "document reloaded"),
         }
-        Flow::Continue
     }
 
     /// A keepalive tick: the transport calls it well within the provider's
@@ -350,7 +358,12 @@ impl YSession {
     /// which is what the y-websocket server achieves by keeping such updates
     /// pending.
     async fn on_missing_dependencies(&mut self, shard: &DocShard) -> Flow {
-        tracing::debug!(peer = self.peer.id(), doc = %self.doc, step2_due = self.step2_due, "update with missing dependencies");
+        tracing::debug!(
+            peer = self.peer.id(),
+            doc = %self.doc,
+            step2_due = self.step2_due,
+            "update with missing dependencies"
+        );
         if self.step2_due {
             return Flow::Continue;
         }
@@ -503,6 +516,7 @@ fn close_with(code: u16, reason: impl Into<String>) -> Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yrs::sync::protocol::MSG_AUTH;
     use yrs::updates::decoder::Decode;
 
     fn parse(frame: &[u8]) -> Result<Vec<Inbound>, String> {

@@ -25,6 +25,15 @@ pub enum Wire {
     YSync,
 }
 
+/// Why a shard dropped a peer from a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its queue was full: it fell behind.
+    SlowConsumer,
+    /// The shard was poisoned and will be reloaded from disk.
+    Reloaded,
+}
+
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -42,7 +51,7 @@ pub struct Peer {
     tx: mpsc::Sender<Outbound>,
     /// Docs whose shard dropped this peer because its queue was full. Bounded
     /// by the number of docs the connection may follow.
-    lagged: Mutex<Vec<DocId>>,
+    lagged: Mutex<Vec<(DocId, DropReason)>>,
     lag_notify: Notify,
 }
 
@@ -100,7 +109,14 @@ impl Peer {
 
     /// Called by a shard that dropped this peer for falling behind.
     pub fn mark_lagged(&self, doc: DocId) {
-        self.lagged.lock().push(doc);
+        self.mark_dropped(doc, DropReason::SlowConsumer);
+    }
+
+    /// Called by a shard that dropped this peer from `doc`. The connection
+    /// learns of it through [`Peer::lagged`] and tells its client once its
+    /// queue has room.
+    pub fn mark_dropped(&self, doc: DocId, reason: DropReason) {
+        self.lagged.lock().push((doc, reason));
         self.lag_notify.notify_one();
     }
 
@@ -111,6 +127,14 @@ impl Peer {
 
     /// The docs that dropped this peer since the last call.
     pub fn take_lagged(&self) -> Vec<DocId> {
+        self.take_dropped()
+            .into_iter()
+            .map(|(doc, _)| doc)
+            .collect()
+    }
+
+    /// The docs that dropped this peer since the last call, and why.
+    pub fn take_dropped(&self) -> Vec<(DocId, DropReason)> {
         std::mem::take(&mut *self.lagged.lock())
     }
 }

@@ -121,6 +121,16 @@ impl DocRegistry {
         self.slots.len()
     }
 
+    /// Subscriptions to resident documents, summed (for `/metrics`).
+    pub fn subscriptions(&self) -> usize {
+        let shards: Vec<Arc<DocShard>> = self
+            .slots
+            .iter()
+            .filter_map(|e| e.value().shard.get().cloned())
+            .collect();
+        shards.iter().map(|s| s.info().subscribers).sum()
+    }
+
     /// The shard for `id`, loading it if needed. With `create`, a document
     /// that does not exist is created; without, it is [`RegistryError::NotFound`].
     ///
@@ -215,6 +225,7 @@ impl DocRegistry {
             if shard.maintain(evict_after) {
                 self.forget(&shard);
                 evicted += 1;
+                crate::metrics::evicted();
                 tracing::debug!(doc = %shard.id(), "document evicted");
             }
         }

@@ -24,7 +24,7 @@ use yrs::{
     StickyIndex, Text, TextRef, Transact, TransactionMut, Update,
 };
 
-use super::peer::{Peer, SendError, Wire};
+use super::peer::{DropReason, Peer, SendError, Wire};
 use super::DocId;
 use crate::feed::delta::Op;
 use crate::feed::{DocFeed, Edit, Presence};
@@ -373,7 +373,7 @@ impl DocShard {
                 return Err(ShardError::NotSubscribed);
             }
         }
-        {
+        let all_blocks_known = {
             let txn = st.awareness.doc().transact();
             let have = txn.state_vector();
             // An update whose first block of some client starts past what we
@@ -385,7 +385,15 @@ impl DocShard {
             if missing {
                 return Err(ShardError::MissingDependencies);
             }
-        }
+            // Every block it carries ends at or below our clock for its
+            // client: nothing new to integrate. (`Update::state_vector`
+            // leaves out clients whose blocks do not start at 0, so ask the
+            // insertion set instead.)
+            decoded
+                .insertions(true)
+                .iter()
+                .all(|(client, ranges)| ranges.iter().all(|r| r.end <= have.get(client)))
+        };
         let counts = (
             id_set_len(&decoded.insertions(false)),
             id_set_len(decoded.delete_set()),
@@ -394,12 +402,15 @@ impl DocShard {
         st.want_delta.store(want_delta, Ordering::Relaxed);
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = st.awareness.doc().transact_mut();
-            txn.apply_update(decoded)
+            txn.apply_update(decoded)?;
+            // A resend of what we already have (a reconnecting client's
+            // unacked updates, an empty update): nothing to log or send.
+            Ok::<bool, yrs::error::UpdateError>(all_blocks_known && txn.delete_set().is_empty())
         }));
-        let failure = match applied {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("panic while applying".to_owned()),
+        let (failure, duplicate) = match applied {
+            Ok(Ok(duplicate)) => (None, duplicate),
+            Ok(Err(e)) => (Some(e.to_string()), false),
+            Err(_) => (Some("panic while applying".to_owned()), false),
         };
         if let Some(reason) = failure {
             // The doc may be half-changed: drop it, so the next use reloads
@@ -408,11 +419,20 @@ impl DocShard {
             self.poison(&mut st);
             return Err(ShardError::InvalidUpdate(reason));
         }
+        if duplicate {
+            // Durable once whatever is queued before it is: that includes
+            // the update this one repeats, if it is still on its way.
+            return Ok(Applied {
+                doc_seq: st.last_seq,
+                durable: permit.send(WriteOp::Barrier),
+            });
+        }
         let text_len = {
             let txn = st.awareness.doc().transact();
             u64::from(st.text.len(&txn))
         };
         st.last_seq += 1;
+        crate::metrics::update_applied();
         let seq = st.last_seq;
         let delta = want_delta.then(|| std::mem::take(&mut *st.last_delta.lock()));
         self.feed.edit(author, delta, counts, text_len, seq);
@@ -628,6 +648,7 @@ impl DocShard {
     /// through its peer; it resubscribes with its state vector, which the
     /// CRDT makes lossless.
     fn broadcast(&self, st: &mut ShardState, msg: &Broadcast, except: Option<u64>) {
+        let started = Instant::now();
         let mut frames = FrameCache::default();
         let mut dropped = Vec::new();
         let mut i = 0;
@@ -650,6 +671,7 @@ impl DocShard {
                 }
             }
         }
+        crate::metrics::fanned_out(started.elapsed());
         if !dropped.is_empty() {
             self.drop_members(st, dropped);
         }
@@ -678,17 +700,13 @@ impl DocShard {
 
     fn poison(&self, st: &mut ShardState) {
         st.closed = true;
-        let frame = protocol::error_frame(
-            self.id.as_str(),
-            ErrorCode::DocReloaded,
-            "document reloaded after an internal fault; subscribe again",
-            0,
-        );
         for member in st.members.drain(..) {
             match member.peer.wire() {
-                Wire::Folio => {
-                    let _ = member.peer.try_send(frame.clone());
-                }
+                // The session ends its subscription and sends the error
+                // once its queue has room.
+                Wire::Folio => member
+                    .peer
+                    .mark_dropped(self.id.clone(), DropReason::Reloaded),
                 // y-websocket has no error message: close, and its provider
                 // reconnects and resyncs by itself.
                 Wire::YSync => member
@@ -888,6 +906,41 @@ mod tests {
         assert_eq!(shard.text(), "hi");
         assert_eq!(shard.info().last_seq, 1);
         assert!(!shard.is_closed());
+    }
+
+    #[tokio::test]
+    async fn resends_are_acknowledged_but_not_logged_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
+        let shard = DocShard::load(
+            DocId::parse("d").expect("id"),
+            None,
+            writer,
+            settings(),
+            feed(),
+        )
+        .expect("load");
+        // Two keystrokes of one client: the second starts past clock 0.
+        let typist = Doc::with_client_id(5);
+        let text = typist.get_or_insert_text(TEXT_NAME);
+        let first = {
+            let mut txn = typist.transact_mut();
+            text.insert(&mut txn, 0, "a");
+            Bytes::from(txn.encode_update_v1())
+        };
+        let second = {
+            let mut txn = typist.transact_mut();
+            text.insert(&mut txn, 1, "b");
+            Bytes::from(txn.encode_update_v1())
+        };
+        for (update, seq) in [(first, 1), (second.clone(), 2), (second, 2)] {
+            let applied = shard.apply_update(update, "t", None).await.expect("apply");
+            assert_eq!(applied.doc_seq, seq);
+            assert!(applied.durable.await.expect("completed").is_ok());
+        }
+        assert_eq!(shard.text(), "ab");
+        assert_eq!(shard.info().last_seq, 2);
     }
 
     #[tokio::test]

@@ -206,6 +206,13 @@ pub struct GlobalStart {
 /// Counts a watcher for as long as it lives.
 pub struct WatchGuard(Arc<DocFeed>);
 
+impl WatchGuard {
+    /// The watched document.
+    pub fn doc(&self) -> &DocId {
+        self.0.doc()
+    }
+}
+
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         self.0.watchers.fetch_sub(1, Ordering::Relaxed);
@@ -314,6 +321,11 @@ impl FeedHub {
                 })
             });
         GlobalStart { replay, last, rx }
+    }
+
+    /// The newest global event number.
+    pub fn global_last(&self) -> u64 {
+        self.shared.global.lock().next - 1
     }
 
     /// Drops feeds nobody watches or holds whose history has aged out.

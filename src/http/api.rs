@@ -21,6 +21,14 @@ pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
 pub async fn list_docs(State(app): State<AppState>) -> Result<Json<Vec<DocInfo>>, ApiError> {
     Ok(Json(app.registry.list().await?))
 }

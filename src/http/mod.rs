@@ -4,6 +4,8 @@
 
 mod api;
 mod error;
+mod metrics;
+mod sse;
 mod ws;
 mod yws;
 
@@ -36,14 +38,21 @@ pub struct AppState {
 /// The router. Tests can drive it directly; `server::run` serves it.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/yjs/{*doc}", get(yws::upgrade))
+        // GET for HTTP/1.1 upgrades, CONNECT for HTTP/2 (RFC 8441 extended
+        // CONNECT, which `axum::serve` enables on every connection).
+        .route("/ws", get(ws::upgrade).connect(ws::upgrade))
+        .route("/yjs/{*doc}", get(yws::upgrade).connect(yws::upgrade))
         .route("/healthz", get(api::healthz))
+        .route("/metrics", get(metrics::scrape))
         .route("/docs", get(api::list_docs))
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))
+        .route("/docs/{id}/events", get(sse::doc_events))
+        .route("/docs/{id}/text/stream", get(sse::text_stream))
+        .route("/events", get(sse::all_events))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(
             state.config.max_message_bytes as usize,
         ))

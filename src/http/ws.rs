@@ -17,6 +17,9 @@ use super::AppState;
 use crate::doc::{Outbound, Peer, Wire};
 use crate::session::{close, Flow, Session, SessionLimits};
 
+/// Longest wait for outstanding acks before closing a socket.
+const ACK_FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Frames written before one flush at most, so a busy queue still flushes.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
@@ -67,7 +70,10 @@ async fn run(socket: WebSocket, app: AppState) {
             }
             () = peer.lagged() => session.on_lagged().await,
             msg = stream.next(), if session.can_read() => match msg {
-                Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
+                Some(Ok(Message::Binary(frame))) => {
+                    crate::metrics::received(frame.len());
+                    session.on_frame(frame).await
+                }
                 Some(Ok(Message::Text(_))) => {
                     Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
                 }
@@ -88,14 +94,18 @@ async fn run(socket: WebSocket, app: AppState) {
         }
     };
     session.close();
-    // Updates already applied still get their acks, unless the socket is gone.
+    // Updates already applied still get their acks before the close, unless
+    // the socket is gone; the wait is bounded in case the disk is stuck.
     if let Some((code, reason)) = flow {
-        while session.has_pending_acks() && code == close::GOING_AWAY {
-            let outcome = session.next_ack().await;
-            if session.on_ack(outcome).await != Flow::Continue {
-                break;
+        let flush_acks = async {
+            while session.has_pending_acks() {
+                let outcome = session.next_ack().await;
+                if session.on_ack(outcome).await != Flow::Continue {
+                    break;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(ACK_FLUSH_ON_CLOSE, flush_acks).await;
         let _ = peer.send(Outbound::Close(code, reason)).await;
         drop(session);
         drop(peer);
@@ -124,7 +134,10 @@ pub(super) async fn write_loop(
     while rx.recv_many(&mut batch, MAX_FRAMES_PER_FLUSH).await > 0 {
         for out in batch.drain(..) {
             let result = match out {
-                Outbound::Frame(frame) => sink.feed(Message::Binary(frame)).await,
+                Outbound::Frame(frame) => {
+                    crate::metrics::sent(frame.len());
+                    sink.feed(Message::Binary(frame)).await
+                }
                 Outbound::Close(code, reason) => {
                     let frame = CloseFrame {
                         code,

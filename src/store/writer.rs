@@ -145,7 +145,10 @@ fn run(store: Arc<dyn DocStore>, mut rx: mpsc::Receiver<Queued>) {
         let result = if ops.is_empty() {
             Ok(())
         } else {
-            store.write(&ops).map_err(|e| {
+            let started = std::time::Instant::now();
+            let written = store.write(&ops);
+            crate::metrics::flushed(started.elapsed());
+            written.map_err(|e| {
                 tracing::error!(error = %e, ops = ops.len(), "store write failed");
                 WriteFailed(e.to_string().into())
             })

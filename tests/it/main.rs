@@ -4,7 +4,10 @@
 
 mod bad_input;
 mod durability;
+mod http2;
 mod http_api;
+mod metrics;
+mod sse;
 mod support;
 mod sync;
 mod traces;

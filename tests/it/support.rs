@@ -80,6 +80,16 @@ impl TestServer {
         }
     }
 
+    /// Waits for the server task to end by itself (a failed start, say)
+    /// and returns its result, failing the test after [`PATIENCE`].
+    pub async fn outcome(mut self) -> Result<(), folio::server::ServerError> {
+        let task = self.task.take().expect("server task present");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("server task ended in time")
+            .expect("server task did not panic")
+    }
+
     /// GET `path` as text, with its status.
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let resp = reqwest::get(self.url(path)).await.expect("http get");
