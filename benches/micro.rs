@@ -14,13 +14,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use folio::client::new_doc_with_client_id;
-use folio::doc::{DocId, TEXT_NAME};
+use folio::doc::DocId;
 use folio::protocol::{self, server_message::Kind, v1};
 use folio::store::{DocStore, LogEntry, SledStore, WriteOp};
 use folio::trace::{shared_trace, Trace};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
+use yrs::{Doc, ReadTxn, StateVector, Transact};
 
 /// Updates applied per iteration of the apply benchmark.
 const APPLY_BATCH: usize = 1000;
@@ -40,20 +40,7 @@ fn fixture() -> Fixture {
         Err(e) => panic!("the micro benchmarks need {}: {e}", path.display()),
     };
     let doc = new_doc_with_client_id(1);
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    let mut updates = Vec::with_capacity(trace.txns.len());
-    for txn in &trace.txns {
-        let mut t = doc.transact_mut();
-        for folio::trace::Patch(pos, del, ins) in &txn.patches {
-            if *del > 0 {
-                text.remove_range(&mut t, *pos, *del);
-            }
-            if !ins.is_empty() {
-                text.insert(&mut t, *pos, ins);
-            }
-        }
-        updates.push(Bytes::from(t.encode_update_v1()));
-    }
+    let updates = trace.typed_updates(&doc, trace.txns.len());
     Fixture { updates, doc }
 }
 

@@ -34,7 +34,7 @@ use prost::Message as _;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use yrs::updates::decoder::Decode;
-use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+use yrs::{GetString, ReadTxn, StateVector, Transact};
 
 /// The trace measured when none is named.
 const DEFAULT_TRACE: &str = "sequential/seph-blog1.json.gz";
@@ -220,22 +220,10 @@ struct Generated {
 /// keeping each transaction's v1 update: what an editor would send.
 fn generate(trace: &Trace, txns: usize, expected: &str) -> anyhow::Result<Generated> {
     let doc = new_doc();
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    let mut updates = Vec::with_capacity(txns);
     let start = Instant::now();
-    for txn in &trace.txns[..txns] {
-        let mut t = doc.transact_mut();
-        for folio::trace::Patch(pos, del, ins) in &txn.patches {
-            if *del > 0 {
-                text.remove_range(&mut t, *pos, *del);
-            }
-            if !ins.is_empty() {
-                text.insert(&mut t, *pos, ins);
-            }
-        }
-        updates.push(Bytes::from(t.encode_update_v1()));
-    }
+    let updates = trace.typed_updates(&doc, txns);
     let secs = start.elapsed().as_secs_f64();
+    let text = doc.get_or_insert_text(TEXT_NAME);
     let typed = text.get_string(&doc.transact());
     check_text("local typing", &typed, expected)?;
     Ok(Generated { updates, secs })

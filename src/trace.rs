@@ -4,7 +4,11 @@
 use std::io::Read;
 use std::path::Path;
 
+use bytes::Bytes;
 use serde::Deserialize;
+use yrs::{Doc, Text, Transact};
+
+use crate::doc::TEXT_NAME;
 
 /// One edit: delete `1` characters at `0`, then insert `2` there.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +87,29 @@ impl Trace {
         txn.patches
             .iter()
             .map(|p| (p.0, p.1, p.2.as_str()))
+            .collect()
+    }
+
+    /// Types the first `txns` transactions into `doc`'s root text
+    /// ([`TEXT_NAME`]), one yrs transaction each, and returns each one's v1
+    /// update: what an editor typing the trace would send.
+    pub fn typed_updates(&self, doc: &Doc, txns: usize) -> Vec<Bytes> {
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        self.txns
+            .iter()
+            .take(txns)
+            .map(|txn| {
+                let mut t = doc.transact_mut();
+                for Patch(pos, del, ins) in &txn.patches {
+                    if *del > 0 {
+                        text.remove_range(&mut t, *pos, *del);
+                    }
+                    if !ins.is_empty() {
+                        text.insert(&mut t, *pos, ins);
+                    }
+                }
+                Bytes::from(t.encode_update_v1())
+            })
             .collect()
     }
 

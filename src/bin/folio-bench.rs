@@ -49,7 +49,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::decoder::Decode;
-use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+use yrs::{GetString, ReadTxn, StateVector, Transact};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -729,22 +729,7 @@ struct Typed {
 }
 
 fn type_trace(trace: &Trace, client_id: u64, txns: usize) -> Vec<Bytes> {
-    let doc = new_doc_with_client_id(client_id);
-    let text = doc.get_or_insert_text(TEXT_NAME);
-    let mut updates = Vec::with_capacity(txns);
-    for txn in trace.txns.iter().take(txns) {
-        let mut t = doc.transact_mut();
-        for folio::trace::Patch(pos, del, ins) in &txn.patches {
-            if *del > 0 {
-                text.remove_range(&mut t, *pos, *del);
-            }
-            if !ins.is_empty() {
-                text.insert(&mut t, *pos, ins);
-            }
-        }
-        updates.push(Bytes::from(t.encode_update_v1()));
-    }
-    updates
+    trace.typed_updates(&new_doc_with_client_id(client_id), txns)
 }
 
 fn load_trace(arg: &str) -> anyhow::Result<Typed> {

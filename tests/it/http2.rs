@@ -101,12 +101,13 @@ async fn all_see_activity(watchers: Vec<Watcher>, author: &'static str, text_len
 async fn h2c_prior_knowledge_carries_twenty_streams_on_one_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start_with(dir.path(), |c| c.activity_window_ms = 20).await;
+    let base = server.url("");
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
         .expect("client");
     let health = client
-        .get(server.url("/healthz"))
+        .get(format!("{base}/healthz"))
         .send()
         .await
         .expect("healthz");
@@ -116,7 +117,7 @@ async fn h2c_prior_knowledge_carries_twenty_streams_on_one_connection() {
     let mut editor = Editor::join(&server.ws_url(), "h2c", "editor")
         .await
         .expect("join");
-    let watchers = open_streams(&server, &client, &server.url(""), "h2c", 2).await;
+    let watchers = open_streams(&server, &client, &base, "h2c", 2).await;
     editor
         .type_patches(&[(0, 0, "one connection")])
         .await
@@ -124,8 +125,27 @@ async fn h2c_prior_knowledge_carries_twenty_streams_on_one_connection() {
     editor.wait_acked().await.expect("acked");
     all_see_activity(watchers, "editor", 14).await;
     editor.go_offline().await;
-    drop(client);
-    server.stop().await;
+    stop_with_a_stream_open(server, &client, &base).await;
+}
+
+/// Stops `server` while a watcher's stream is open on `client`'s HTTP/2
+/// connection: shutdown must end the stream rather than wait for it.
+async fn stop_with_a_stream_open(server: TestServer, client: &reqwest::Client, base: &str) {
+    let resp = client
+        .get(format!("{base}/events"))
+        .send()
+        .await
+        .expect("GET /events");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let mut body = resp.bytes_stream();
+    tokio::time::timeout(PATIENCE, server.stop())
+        .await
+        .expect("shutdown with a stream open");
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await
+    .expect("the stream ended");
 }
 
 /// Inserts `s` at `at` in `doc`; returns the update.
@@ -135,22 +155,37 @@ fn insert(doc: &yrs::Doc, text: &yrs::TextRef, at: u32, s: &str) -> Vec<u8> {
     txn.encode_update_v1()
 }
 
-/// A self-signed certificate for localhost and 127.0.0.1, written as PEM
-/// into `dir`; returns the paths of certificate and key, and the certificate.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf, reqwest::Certificate) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("self-signed certificate");
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, cert.pem()).expect("write cert");
-    std::fs::write(&key_path, signing_key.serialize_pem()).expect("write key");
-    let root = reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("certificate parses");
-    (cert_path, key_path, root)
+/// A self-signed certificate for localhost and 127.0.0.1, written as PEM.
+struct SelfSigned {
+    cert: PathBuf,
+    key: PathBuf,
+    pem: String,
+    der: Vec<u8>,
 }
 
-/// A client that trusts only `root` and finds `localhost` at the server.
-fn tls_client(server: &TestServer, root: reqwest::Certificate) -> reqwest::ClientBuilder {
+impl SelfSigned {
+    /// Makes a fresh key and certificate and writes them into `dir`.
+    fn new(dir: &Path) -> Self {
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .expect("self-signed certificate");
+        let this = Self {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&this.cert, &this.pem).expect("write cert");
+        std::fs::write(&this.key, signing_key.serialize_pem()).expect("write key");
+        this
+    }
+}
+
+/// A client that trusts only `certs` and finds `localhost` at the server.
+fn tls_client(server: &TestServer, certs: &SelfSigned) -> reqwest::ClientBuilder {
+    let root = reqwest::Certificate::from_pem(certs.pem.as_bytes()).expect("certificate parses");
     reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(root)
@@ -160,18 +195,17 @@ fn tls_client(server: &TestServer, root: reqwest::Certificate) -> reqwest::Clien
 #[tokio::test]
 async fn tls_negotiates_h2_and_carries_twenty_streams_on_one_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key, root) = self_signed(dir.path());
-    let data = dir.path().join("data");
-    let server = TestServer::start_with(&data, |c| {
+    let certs = SelfSigned::new(dir.path());
+    let server = TestServer::start_with(&dir.path().join("data"), |c| {
         c.activity_window_ms = 20;
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
+        c.tls_cert = Some(certs.cert.clone());
+        c.tls_key = Some(certs.key.clone());
     })
     .await;
     let base = format!("https://localhost:{}", server.addr.port());
 
     // HTTP/1.1 by ALPN still works.
-    let h1 = tls_client(&server, root.clone())
+    let h1 = tls_client(&server, &certs)
         .http1_only()
         .build()
         .expect("client");
@@ -190,7 +224,7 @@ async fn tls_negotiates_h2_and_carries_twenty_streams_on_one_connection() {
 
     // h2 by ALPN. One request first, so the pool knows the connection is
     // HTTP/2 before twenty requests race to open one each.
-    let client = tls_client(&server, root).build().expect("client");
+    let client = tls_client(&server, &certs).build().expect("client");
     let health = client
         .get(format!("{base}/healthz"))
         .send()
@@ -221,34 +255,24 @@ async fn tls_negotiates_h2_and_carries_twenty_streams_on_one_connection() {
     let watchers = open_streams(&server, &client, &base, "tls", 1).await;
     post(insert(&doc, &text, 5, "over TLS")).await;
     all_see_activity(watchers, "http", 13).await;
-    drop(client);
-    server.stop().await;
+    stop_with_a_stream_open(server, &client, &base).await;
 }
 
-#[tokio::test]
-async fn websocket_over_h2c_extended_connect_syncs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
-    let mut editor = Editor::join(&server.ws_url(), "h2ws", "editor")
-        .await
-        .expect("join");
-    editor
-        .type_patches(&[(0, 0, "over h2")])
-        .await
-        .expect("type");
-    editor.wait_acked().await.expect("acked");
-
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+/// Opens `/yjs/{doc}` at `uri` as a WebSocket over HTTP/2 extended CONNECT
+/// (RFC 8441) on `io`, and returns the document's text from the server's
+/// answer to a y-websocket step 1.
+async fn yjs_text_over_h2<Io>(io: Io, uri: String) -> String
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
     let req = hyper::Request::builder()
         .method(hyper::Method::CONNECT)
-        .uri(format!("http://{}/yjs/h2ws", server.addr))
+        .uri(uri)
         .header("sec-websocket-version", "13")
         .extension(hyper::ext::Protocol::from_static("websocket"))
         .body(String::new())
@@ -257,9 +281,8 @@ async fn websocket_over_h2c_extended_connect_syncs() {
     assert_eq!(resp.status().as_u16(), 200);
     let upgraded = hyper::upgrade::on(resp).await.expect("upgraded stream");
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-
-    // The y-websocket handshake: our step 1 (empty state vector) is
-    // answered with a step 2 carrying the whole document.
+    // Our step 1 (an empty state vector) is answered with a step 2 carrying
+    // the whole document.
     ws.send(Message::Binary(ysync::step1(&[0])))
         .await
         .expect("send step 1");
@@ -282,16 +305,85 @@ async fn websocket_over_h2c_extended_connect_syncs() {
     doc.transact_mut()
         .apply_update(Update::decode_v1(&update).expect("update decodes"))
         .expect("update applies");
-    assert_eq!(text.get_string(&doc.transact()), "over h2");
-    drop(ws);
+    let text = text.get_string(&doc.transact());
+    text
+}
+
+#[tokio::test]
+async fn websocket_over_h2c_extended_connect_syncs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let mut editor = Editor::join(&server.ws_url(), "h2ws", "editor")
+        .await
+        .expect("join");
+    editor
+        .type_patches(&[(0, 0, "over h2c")])
+        .await
+        .expect("type");
+    editor.wait_acked().await.expect("acked");
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let uri = format!("http://{}/yjs/h2ws", server.addr);
+    assert_eq!(yjs_text_over_h2(tcp, uri).await, "over h2c");
     editor.go_offline().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_over_tls_h2_extended_connect_syncs() {
+    use tokio_rustls::rustls::{self, pki_types};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = SelfSigned::new(dir.path());
+    let server = TestServer::start_with(&dir.path().join("data"), |c| {
+        c.tls_cert = Some(certs.cert.clone());
+        c.tls_key = Some(certs.key.clone());
+    })
+    .await;
+    let base = format!("https://localhost:{}", server.addr.port());
+    let doc = folio::client::new_doc();
+    let text = doc.get_or_insert_text(folio::doc::TEXT_NAME);
+    let resp = tls_client(&server, &certs)
+        .build()
+        .expect("client")
+        .post(format!("{base}/docs/h2ws/update"))
+        .body(insert(&doc, &text, 0, "over TLS h2"))
+        .send()
+        .await
+        .expect("POST update");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki_types::CertificateDer::from(certs.der.clone()))
+        .expect("trust the certificate");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let name = pki_types::ServerName::try_from("localhost").expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(
+        yjs_text_over_h2(tls, format!("{base}/yjs/h2ws")).await,
+        "over TLS h2"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn misconfigured_tls_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key, _) = self_signed(dir.path());
+    let SelfSigned { cert, key, .. } = SelfSigned::new(dir.path());
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");
     let missing = dir.path().join("missing.pem");
@@ -324,7 +416,7 @@ async fn misconfigured_tls_refuses_to_start() {
     // A key that does not belong to the certificate.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).expect("mkdir");
-    let (_, other_key, _) = self_signed(&other);
+    let other_key = SelfSigned::new(&other).key;
     let server = TestServer::start_with(&dir.path().join("data-x"), |config| {
         config.tls_cert = Some(cert.clone());
         config.tls_key = Some(other_key);
