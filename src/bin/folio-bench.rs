@@ -15,6 +15,12 @@
 //! a. hot-document fan-out, b. maximum fan-out throughput (full profile),
 //! d. idle density, e. join storm, g. durability cost.
 //!
+//! `--protocol yjs` runs the fan-out scenarios (a, b) over plain y-websocket
+//! instead (see `folio-bench/yjs.rs`), so any Yjs server can be measured the
+//! same way: `--url ws://127.0.0.1:1234/yjs` is then the y-websocket base URL
+//! (clients join `<url>/<doc>`); without `--url`, the spawned Folio's `/yjs`.
+//! Scenarios needing acks or the Folio protocol are skipped with a note.
+//!
 //! Results go to `target/bench-results/folio-bench.{json,md}` with a latency
 //! plot `folio-bench-latency.svg`. Each target prints pass or fail; failing
 //! targets never fail the run. The exit code is non-zero only when a result
@@ -50,6 +56,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, ReadTxn, StateVector, Transact};
+
+#[path = "folio-bench/yjs.rs"]
+mod yjs;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -94,8 +103,20 @@ enum Profile {
     Full,
 }
 
+/// The wire protocol the clients speak.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Protocol {
+    /// Folio's own protocol at `/ws` (seqs and acks).
+    Folio,
+    /// Plain y-websocket at `/yjs/<doc>`: fan-out scenarios only.
+    Yjs,
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
+    /// Folio's protocol, or plain y-websocket (fan-out scenarios a and b only).
+    #[arg(long, value_enum, default_value = "folio")]
+    protocol: Protocol,
     /// Sizes and durations of the run.
     #[arg(long, value_enum, default_value = "quick")]
     profile: Profile,
@@ -354,6 +375,7 @@ struct Target {
 /// How servers are had: one external, or a fresh child per scenario.
 struct Servers {
     url: Option<String>,
+    protocol: Protocol,
     pid: Option<u32>,
     program: PathBuf,
     cpus: Option<String>,
@@ -374,6 +396,7 @@ impl Servers {
         };
         Ok(Self {
             url: args.url.clone(),
+            protocol: args.protocol,
             pid: args.server_pid,
             program,
             cpus: args.server_cpus.clone(),
@@ -416,7 +439,10 @@ impl Servers {
             Some(dir.clone()),
         )?;
         Ok(Target {
-            ws_url: format!("ws://{}/ws", spawned.addr),
+            ws_url: match self.protocol {
+                Protocol::Folio => format!("ws://{}/ws", spawned.addr),
+                Protocol::Yjs => format!("ws://{}/yjs", spawned.addr),
+            },
             pid: Some(spawned.pid()),
             data_dir: Some(dir),
             spawned: Some(spawned),
@@ -873,6 +899,7 @@ struct FanOut {
 /// writers stop) or the deadline passes; returns each update's fingerprint
 /// and receipt time.
 async fn read_updates(
+    protocol: Protocol,
     mut rx: SplitStream<Ws>,
     capacity: usize,
     sent_total: Arc<AtomicU64>,
@@ -894,13 +921,22 @@ async fn read_updates(
             Ok(_) => break,
         };
         let at = Instant::now();
-        if let Ok(ServerMessage {
-            kind: Some(server_message::Kind::Update(u)),
-        }) = ServerMessage::decode(msg)
-        {
-            if got.len() < capacity {
-                got.push((fingerprint(&u.update), at));
+        match protocol {
+            Protocol::Folio => {
+                if let Ok(ServerMessage {
+                    kind: Some(server_message::Kind::Update(u)),
+                }) = ServerMessage::decode(msg)
+                {
+                    if got.len() < capacity {
+                        got.push((fingerprint(&u.update), at));
+                    }
+                }
             }
+            Protocol::Yjs => yjs::for_each_update(&msg, |fp| {
+                if got.len() < capacity {
+                    got.push((fp, at));
+                }
+            }),
         }
     }
     got
@@ -938,6 +974,7 @@ async fn write_updates(
 }
 
 async fn fan_out(
+    protocol: Protocol,
     target: &Target,
     doc: &str,
     writer_updates: &[Arc<Vec<Bytes>>],
@@ -957,14 +994,14 @@ async fn fan_out(
 
     let mut reader_tasks = Vec::with_capacity(readers);
     let joined: Vec<_> = futures_util::stream::iter(0..readers)
-        .map(|_| join(url, doc, false))
+        .map(|_| fan_out_join(protocol, url, doc))
         .buffer_unordered(32)
         .collect()
         .await;
     for j in joined {
-        let (ws, _, _) = j?;
-        let (_, rx) = ws.split();
+        let (_, rx) = j?.split();
         reader_tasks.push(tokio::spawn(read_updates(
+            protocol,
             rx,
             capacity,
             sent_total.clone(),
@@ -974,17 +1011,20 @@ async fn fan_out(
     }
     let mut writers = Vec::with_capacity(writer_updates.len());
     for updates in writer_updates {
-        let (ws, _, _) = join(url, doc, false).await?;
+        let ws = fan_out_join(protocol, url, doc).await?;
         let frames: Vec<(u64, Message)> = updates
             .iter()
             .take(per_writer)
             .enumerate()
             .map(|(i, u)| {
-                let msg = frame(client_message::Kind::Update(v1::Update {
-                    doc: doc.to_owned(),
-                    update: u.clone(),
-                    seq: i as u64 + 1,
-                }));
+                let msg = match protocol {
+                    Protocol::Folio => frame(client_message::Kind::Update(v1::Update {
+                        doc: doc.to_owned(),
+                        update: u.clone(),
+                        seq: i as u64 + 1,
+                    })),
+                    Protocol::Yjs => yjs::update_frame(u),
+                };
                 (fingerprint(u), msg)
             })
             .collect();
@@ -1054,6 +1094,22 @@ async fn fan_out(
         server_cpu,
         tool_cpu,
     })
+}
+
+/// A fan-out client joined to `doc`, synced, in either protocol.
+async fn fan_out_join(protocol: Protocol, url: &str, doc: &str) -> anyhow::Result<Ws> {
+    Ok(match protocol {
+        Protocol::Folio => join(url, doc, false).await?.0,
+        Protocol::Yjs => yjs::join(url, doc).await?.0,
+    })
+}
+
+/// A fresh client's view of `doc`'s text, in either protocol.
+async fn fan_out_text(protocol: Protocol, url: &str, doc: &str) -> anyhow::Result<String> {
+    match protocol {
+        Protocol::Folio => server_text(url, doc).await,
+        Protocol::Yjs => yjs::server_text(url, doc).await,
+    }
 }
 
 // -------------------------------------------------------- d. idle density
@@ -1312,8 +1368,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     eprintln!(
-        "folio-bench: profile {:?}, seed {}, trace {}",
-        args.profile, args.seed, args.trace
+        "folio-bench: profile {:?}, protocol {:?}, seed {}, trace {}",
+        args.profile, args.protocol, args.seed, args.trace
     );
     let typed = load_trace(&args.trace)?;
     let mut servers = Servers::from_args(&args)?;
@@ -1357,7 +1413,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         &echo,
         sizes.echo_round_trips,
         full_state.len(),
-        if wanted('d') { idle_n } else { 0 },
+        if wanted('d') && args.protocol == Protocol::Folio {
+            idle_n
+        } else {
+            0
+        },
     ))?;
     echo.stop();
     let echo_p50 = echo_base.small.ms(50.0);
@@ -1396,6 +1456,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     plots.push(("WS echo round trip".into(), echo_base.small.clone()));
 
+    let yjs = args.protocol == Protocol::Yjs;
+    let fan_out_label = if yjs {
+        "a. fan-out (y-websocket)"
+    } else {
+        "a. fan-out"
+    };
     // a. Hot-document fan-out.
     if wanted('a') {
         let writer = Arc::new(typed.updates.clone());
@@ -1403,6 +1469,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let target = servers.get()?;
             let doc = format!("bench-{run_id}-fanout-{rate}");
             let f = rt.block_on(fan_out(
+                args.protocol,
                 &target,
                 &doc,
                 std::slice::from_ref(&writer),
@@ -1412,7 +1479,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ))?;
             // One writer typed the trace's first `sent` txns: check the server has them.
             let expected = typed.trace.text_after(f.sent);
-            let got = rt.block_on(server_text(&target.ws_url, &doc))?;
+            let got = rt.block_on(fan_out_text(args.protocol, &target.ws_url, &doc))?;
             target.finish();
             ensure!(
                 got == expected,
@@ -1426,7 +1493,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 f.missing,
                 f.sent * f.readers
             );
-            push_fan_out(&mut rows, &f, "a. fan-out", echo_p50, echo_p99);
+            push_fan_out(&mut rows, &f, fan_out_label, echo_p50, echo_p99);
             let limit = if rate <= 100.0 { 0.6 } else { 2.0 };
             if let Some(r) = rows
                 .iter_mut()
@@ -1467,6 +1534,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let target = servers.get()?;
             let doc = format!("bench-{run_id}-ramp-{rate}");
             let f = rt.block_on(fan_out(
+                args.protocol,
                 &target,
                 &doc,
                 std::slice::from_ref(&writer),
@@ -1498,7 +1566,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let value = best.as_ref().map_or(0.0, |f| f.deliveries_per_sec);
         let mut row = Row::new(
-            "b. max throughput",
+            if yjs {
+                "b. max throughput (y-websocket)"
+            } else {
+                "b. max throughput"
+            },
             "deliveries/s with p99 < 50 ms",
             value,
             "/s",
@@ -1516,8 +1588,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rows.push(row);
     }
 
+    if yjs {
+        for (c, why) in [
+            ('d', "runs over the Folio protocol only"),
+            ('e', "runs over the Folio protocol only"),
+            ('g', "not measurable over y-websocket (no acks)"),
+        ] {
+            if wanted(c) {
+                let line = format!("{c}: skipped with --protocol yjs, {why}");
+                eprintln!("  {line}");
+                notes.push(line);
+            }
+        }
+    }
     // d. Idle density.
-    if wanted('d') {
+    if wanted('d') && !yjs {
         let target = servers.get()?;
         let idle = rt.block_on(idle_density(
             &target,
@@ -1549,7 +1634,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // e. Join storm.
-    if wanted('e') {
+    if wanted('e') && !yjs {
         let target = servers.get()?;
         let j = rt.block_on(join_storm(
             &target,
@@ -1590,7 +1675,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // g. Durability cost.
-    if wanted('g') {
+    if wanted('g') && !yjs {
         let target = servers.get()?;
         let expected = if typing_n == typed.updates.len() {
             typed.trace.end_content.clone()
