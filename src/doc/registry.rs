@@ -312,27 +312,29 @@ mod tests {
     use crate::feed::FeedSettings;
     use crate::store::SledStore;
 
-    fn test_hub() -> FeedHub {
-        FeedHub::new(
+    /// A registry over a sled store in `dir`.
+    fn test_registry(dir: &std::path::Path) -> DocRegistry {
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
+        let settings = ShardSettings {
+            snapshot_every_updates: 100,
+            snapshot_interval: Duration::from_secs(60),
+        };
+        let feeds = FeedHub::new(
             1,
             FeedSettings {
                 activity_window: Duration::from_millis(10),
                 history_events: 100,
                 history_age: Duration::from_secs(60),
             },
-        )
+        );
+        DocRegistry::new(store, writer, settings, feeds)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn simultaneous_first_users_share_one_load() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
-        let settings = ShardSettings {
-            snapshot_every_updates: 100,
-            snapshot_interval: Duration::from_secs(60),
-        };
-        let registry = Arc::new(DocRegistry::new(store, writer, settings, test_hub()));
+        let registry = Arc::new(test_registry(dir.path()));
         let id = DocId::parse("shared").expect("id");
         let loads: Vec<_> = (0..16)
             .map(|_| {
@@ -351,13 +353,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_documents_are_not_found_without_create() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
-        let settings = ShardSettings {
-            snapshot_every_updates: 100,
-            snapshot_interval: Duration::from_secs(60),
-        };
-        let registry = DocRegistry::new(store, writer, settings, test_hub());
+        let registry = test_registry(dir.path());
         let id = DocId::parse("ghost").expect("id");
         assert!(matches!(
             registry.get(&id, false).await,

@@ -855,6 +855,21 @@ mod tests {
         hub.feed(&DocId::parse("d").expect("id"), || 0)
     }
 
+    /// A fresh, empty shard on a sled store in `dir`. The writer thread
+    /// ends by itself once the shard is dropped.
+    fn new_shard(dir: &std::path::Path) -> DocShard {
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
+        DocShard::load(
+            DocId::parse("d").expect("id"),
+            None,
+            writer,
+            settings(),
+            feed(),
+        )
+        .expect("load")
+    }
+
     fn insert_update(client: u64, text: &str) -> Bytes {
         let doc = Doc::with_client_id(client);
         let t = doc.get_or_insert_text(TEXT_NAME);
@@ -866,16 +881,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_and_disconnected_updates_change_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
-        let shard = DocShard::load(
-            DocId::parse("d").expect("id"),
-            None,
-            writer,
-            settings(),
-            feed(),
-        )
-        .expect("load");
+        let shard = new_shard(dir.path());
         let ok = shard
             .apply_update(insert_update(1, "hi"), "t", None)
             .await
@@ -911,16 +917,7 @@ mod tests {
     #[tokio::test]
     async fn resends_are_acknowledged_but_not_logged_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
-        let shard = DocShard::load(
-            DocId::parse("d").expect("id"),
-            None,
-            writer,
-            settings(),
-            feed(),
-        )
-        .expect("load");
+        let shard = new_shard(dir.path());
         // Two keystrokes of one client: the second starts past clock 0.
         let typist = Doc::with_client_id(5);
         let text = typist.get_or_insert_text(TEXT_NAME);
@@ -946,16 +943,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_drops_the_slow_member_and_flags_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
-        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
-        let shard = DocShard::load(
-            DocId::parse("d").expect("id"),
-            None,
-            writer,
-            settings(),
-            feed(),
-        )
-        .expect("load");
+        let shard = new_shard(dir.path());
         let (tx, _rx) = mpsc::channel(2);
         let slow = Arc::new(Peer::new(7, Wire::Folio, tx));
         shard.subscribe(&slow, "slow", &[]).expect("subscribe");

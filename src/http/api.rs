@@ -11,7 +11,9 @@ use axum::Json;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::doc::{DocId, DocInfo};
+use yrs::updates::decoder::Decode;
+
+use crate::doc::{decode_guarded, DocId, DocInfo, ShardError};
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
@@ -73,12 +75,16 @@ pub async fn update(
             format!("{e} (limit {} bytes)", app.config.max_message_bytes),
         )
     })?;
+    // Refuse undecodable bytes before looking the document up, so a bad
+    // update never creates a document. (The shard decodes again to apply.)
+    decode_guarded(|| yrs::Update::decode_v1(&body))
+        .map_err(|e| ApiError::from(ShardError::InvalidUpdate(e)))?;
     // A shard may close between lookup and apply (eviction); retry once.
     let mut attempt = 0;
     let applied = loop {
         let shard = app.registry.get(&doc, true).await?;
         match shard.apply_update(body.clone(), "http", None).await {
-            Err(crate::doc::ShardError::Closed) if attempt < 2 => attempt += 1,
+            Err(ShardError::Closed) if attempt < 2 => attempt += 1,
             other => break other?,
         }
     };

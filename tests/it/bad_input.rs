@@ -626,6 +626,12 @@ async fn http_garbage_update_is_422_and_changes_nothing() {
     assert_eq!(server.text("notes").await, "kept");
     let info = doc_info(&server, "notes").await.expect("listed");
     assert_eq!(info["last_seq"], 1, "{info}");
+    // Garbage sent to a document that does not exist does not create it.
+    let (status, body) = post(server.url("/docs/fresh/update"), GARBAGE.to_vec()).await;
+    assert_api_error(status, &body, 422, "invalid_update");
+    let (status, body) = server.get_text("/docs/fresh/text").await;
+    assert_api_error(status, &body, 404, "doc_not_found");
+    assert!(doc_info(&server, "fresh").await.is_none());
     server.stop().await;
 }
 
