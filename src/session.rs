@@ -166,32 +166,27 @@ impl Session {
         let msg = match ClientMessage::decode(frame) {
             Ok(msg) => msg,
             Err(e) => {
-                let reply = self
-                    .error("", ErrorCode::MalformedMessage, e.to_string(), 0)
-                    .await;
-                if reply != Flow::Continue {
-                    return reply;
-                }
-                return Flow::Close(close::INVALID_PAYLOAD, "malformed message".into());
+                return self
+                    .refuse_and_close(
+                        ErrorCode::MalformedMessage,
+                        e.to_string(),
+                        close::INVALID_PAYLOAD,
+                        "malformed message",
+                    )
+                    .await
             }
         };
         use client_message::Kind as K;
         let hello_first = matches!(msg.kind, Some(K::Hello(_))) != self.author.is_some();
         if !hello_first {
-            let flow = self
-                .error(
-                    "",
+            return self
+                .refuse_and_close(
                     ErrorCode::HelloRequired,
-                    "send exactly one Hello, first",
-                    0,
+                    "send exactly one Hello, first".into(),
+                    close::POLICY_VIOLATION,
+                    "hello required first",
                 )
                 .await;
-            return match flow {
-                Flow::Continue => {
-                    Flow::Close(close::POLICY_VIOLATION, "hello required first".into())
-                }
-                closed => closed,
-            };
         }
         let Some(kind) = msg.kind else {
             return self
@@ -203,32 +198,32 @@ impl Session {
                 )
                 .await;
         };
-        match (self.author.is_some(), kind) {
-            (false, K::Hello(hello)) => self.on_hello(hello).await,
-            (_, K::Hello(_)) | (false, _) => {
-                let flow = self
-                    .error(
-                        "",
-                        ErrorCode::HelloRequired,
-                        "send exactly one Hello, first",
-                        0,
-                    )
-                    .await;
-                match flow {
-                    Flow::Continue => {
-                        Flow::Close(close::POLICY_VIOLATION, "hello required first".into())
-                    }
-                    closed => closed,
-                }
-            }
-            (true, K::Subscribe(sub)) => self.on_subscribe(sub).await,
-            (true, K::Unsubscribe(unsub)) => self.on_unsubscribe(unsub).await,
-            (true, K::Update(update)) => self.on_update(update).await,
-            (true, K::Awareness(awareness)) => self.on_awareness(awareness).await,
-            (true, K::Ping(ping)) => {
+        // Past the check above, a Hello only arrives before the session has one.
+        match kind {
+            K::Hello(hello) => self.on_hello(hello).await,
+            K::Subscribe(sub) => self.on_subscribe(sub).await,
+            K::Unsubscribe(unsub) => self.on_unsubscribe(unsub).await,
+            K::Update(update) => self.on_update(update).await,
+            K::Awareness(awareness) => self.on_awareness(awareness).await,
+            K::Ping(ping) => {
                 self.reply(protocol::encode(Kind::Pong(v1::Pong { nonce: ping.nonce })))
                     .await
             }
+        }
+    }
+
+    /// Sends an error, then closes the socket with `close_code` (unless the
+    /// socket is already gone).
+    async fn refuse_and_close(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        close_code: u16,
+        reason: &str,
+    ) -> Flow {
+        match self.error("", code, message, 0).await {
+            Flow::Continue => Flow::Close(close_code, reason.into()),
+            closed => closed,
         }
     }
 
@@ -246,10 +241,14 @@ impl Session {
                 "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
             );
-            return match self.error("", ErrorCode::UnsupportedVersion, msg, 0).await {
-                Flow::Continue => Flow::Close(close::PROTOCOL_ERROR, "unsupported version".into()),
-                closed => closed,
-            };
+            return self
+                .refuse_and_close(
+                    ErrorCode::UnsupportedVersion,
+                    msg,
+                    close::PROTOCOL_ERROR,
+                    "unsupported version",
+                )
+                .await;
         }
         let mut name = hello.client_name;
         if name.len() > MAX_CLIENT_NAME_BYTES {

@@ -39,6 +39,15 @@ fn decode_presence(bytes: &[u8]) -> HashMap<ClientID, String> {
         .collect()
 }
 
+/// Pumps `editor` until an awareness update arrives; returns its states.
+async fn next_presence(editor: &mut Editor) -> HashMap<ClientID, String> {
+    loop {
+        if let Event::Awareness(bytes) = editor.pump().await.expect("pump") {
+            return decode_presence(&bytes);
+        }
+    }
+}
+
 /// Pumps every online editor until all of them and the server agree.
 pub async fn converge(server: &TestServer, doc: &str, editors: &mut [Editor]) -> String {
     for e in editors.iter_mut() {
@@ -198,11 +207,7 @@ async fn late_joiner_gets_state_and_presence_which_goes_on_disconnect() {
     );
 
     a.go_offline().await;
-    let removed = loop {
-        if let Event::Awareness(bytes) = b.pump().await.expect("pump") {
-            break decode_presence(&bytes);
-        }
-    };
+    let removed = next_presence(&mut b).await;
     assert_eq!(
         removed.get(&a.doc().client_id()).map(String::as_str),
         Some("null")
@@ -220,11 +225,7 @@ async fn awareness_is_relayed_and_removed_on_unsubscribe() {
     a.send_awareness(presence(&a, 1, r#"{"cursor":3}"#))
         .await
         .expect("awareness");
-    let relayed = loop {
-        if let Event::Awareness(bytes) = b.pump().await.expect("pump") {
-            break decode_presence(&bytes);
-        }
-    };
+    let relayed = next_presence(&mut b).await;
     assert_eq!(
         relayed.get(&a.doc().client_id()).map(String::as_str),
         Some(r#"{"cursor":3}"#)
@@ -238,11 +239,7 @@ async fn awareness_is_relayed_and_removed_on_unsubscribe() {
         ))
         .await
         .expect("unsubscribe");
-    let removed = loop {
-        if let Event::Awareness(bytes) = b.pump().await.expect("pump") {
-            break decode_presence(&bytes);
-        }
-    };
+    let removed = next_presence(&mut b).await;
     assert_eq!(
         removed.get(&a.doc().client_id()).map(String::as_str),
         Some("null")
