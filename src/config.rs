@@ -26,6 +26,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FOLIO_SNAPSHOT_INTERVAL_SECS", default_value_t = 60)]
     pub snapshot_interval_secs: u64,
 
+    /// Take an "idle" version once a document has had no edit for this many seconds.
+    #[arg(long, env = "FOLIO_VERSION_IDLE_SECS", default_value_t = 30)]
+    pub version_idle_secs: u64,
+
     /// Evict a document from memory after this many seconds without subscribers.
     #[arg(long, env = "FOLIO_EVICT_IDLE_SECS", default_value_t = 30)]
     pub evict_idle_secs: u64,
@@ -95,6 +99,7 @@ impl ServeConfig {
             data_dir,
             snapshot_every_updates: 5000,
             snapshot_interval_secs: 60,
+            version_idle_secs: 30,
             evict_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
             max_docs_per_connection: 256,
@@ -126,6 +131,7 @@ impl ServeConfig {
         ShardSettings {
             snapshot_every_updates: self.snapshot_every_updates.max(1),
             snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
+            version_idle: Duration::from_secs(self.version_idle_secs),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod doc;
 pub mod feed;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
