@@ -464,33 +464,39 @@ impl DocRegistry {
         self.writer.barrier().await
     }
 
-    /// Every document, stored or resident, with live figures where resident.
+    /// Up to `limit` documents whose id starts with `prefix`, after the id
+    /// `after`, in id order, with live figures where resident; and the
+    /// cursor for the next page (`None` on the last).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn list(&self) -> Result<Vec<DocInfo>, RegistryError> {
-        let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.list())
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<DocInfo>, Option<String>), RegistryError> {
+        // Resident documents whose creation is still queued show up too.
+        self.writer
+            .barrier()
             .await
-            .map_err(|e| RegistryError::Join(e.to_string()))??;
-        let mut out: Vec<DocInfo> = stored
-            .into_iter()
-            .map(|(id, meta)| self.describe(&id, &meta))
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let (store, prefix) = (self.store.clone(), prefix.to_owned());
+        let mut page = tokio::task::spawn_blocking(move || {
+            store.list_page(&prefix, after.as_deref(), limit.saturating_add(1))
+        })
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more
+            .then(|| page.last().map(|(id, _)| id.to_string()))
+            .flatten();
+        let docs = page
+            .iter()
+            .map(|(id, meta)| self.describe(id, meta))
             .collect();
-        // Resident documents whose creation is still queued.
-        for entry in &self.slots {
-            if let Some(shard) = entry.value().shard.get() {
-                if out
-                    .binary_search_by(|d| d.id.as_str().cmp(entry.key().as_str()))
-                    .is_err()
-                {
-                    let watchers = self.feeds.watchers(entry.key());
-                    out.push(describe_resident(entry.key(), &shard.info(), watchers));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok((docs, next))
     }
 
     fn describe(&self, id: &DocId, meta: &DocMeta) -> DocInfo {
