@@ -13,6 +13,7 @@
 //! longer exist; asking for one gives the latest point before it.
 
 mod changes;
+mod check;
 pub mod retention;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Observable, ReadTxn, StateVector, TextRef, Transact, Update};
 
 pub use changes::{diff, Change, ChangeOp, Changes, MAX_ATTRIBUTED_ENTRIES};
+pub use check::{check, DocCheck};
 
 use crate::doc::{decode_guarded, new_doc, DocId, TEXT_NAME};
 use crate::feed::delta::{self, Op};
@@ -65,6 +67,11 @@ impl Rebuilt {
         self.text.get_string(&self.doc.transact())
     }
 
+    /// Length of the text at this point, in UTF-16 units.
+    pub fn text_len(&self) -> u32 {
+        yrs::Text::len(&self.text, &self.doc.transact())
+    }
+
     /// The whole state at this point, as one Yjs v1 update.
     pub fn state(&self) -> Vec<u8> {
         self.doc.transact().encode_diff_v1(&StateVector::default())
@@ -96,6 +103,20 @@ fn apply_bytes(target: &Doc, doc: &DocId, seq: u64, bytes: &[u8]) -> Result<(), 
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(corrupt(e.to_string())),
         Err(_) => Err(corrupt("panic while applying".to_owned())),
+    }
+}
+
+/// Applies log entries in order. Merged into one update first, a chunk
+/// applies several times faster than entry by entry.
+fn apply_chunk(target: &Doc, doc: &DocId, entries: &[(u64, LogEntry)]) -> Result<(), HistoryError> {
+    let updates: Vec<&[u8]> = entries.iter().map(|(_, e)| &e.update[..]).collect();
+    let last = entries.last().map_or(0, |(seq, _)| *seq);
+    match yrs::merge_updates_v1(&updates) {
+        Ok(merged) => apply_bytes(target, doc, last, &merged),
+        // Find the entry at fault.
+        Err(_) => entries
+            .iter()
+            .try_for_each(|(seq, entry)| apply_bytes(target, doc, *seq, &entry.update)),
     }
 }
 
@@ -132,25 +153,34 @@ pub fn rebuild_from_log(
     rebuild_from_snapshot(store, doc, target, false)
 }
 
+/// An empty document at point 0.
+fn new_rebuilt() -> Rebuilt {
+    let doc = new_doc();
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    Rebuilt {
+        doc,
+        text,
+        seq: 0,
+        time_ms: 0,
+    }
+}
+
 fn rebuild_from_snapshot(
     store: &dyn DocStore,
     doc: &DocId,
     target: u64,
     use_snapshot: bool,
 ) -> Result<Rebuilt, HistoryError> {
-    let ydoc = new_doc();
-    let text = ydoc.get_or_insert_text(TEXT_NAME);
-    let mut rebuilt = Rebuilt {
-        doc: ydoc,
-        text,
-        seq: 0,
-        time_ms: 0,
-    };
+    let mut rebuilt = new_rebuilt();
     if use_snapshot {
         if let Some((at, snapshot)) = store.snapshot_at_or_before(doc, target)? {
             apply_bytes(&rebuilt.doc, doc, at, &snapshot.state)?;
             rebuilt.seq = at;
-            rebuilt.time_ms = snapshot.time_ms;
+            // The point's time is its update's, not the (later) snapshot's.
+            rebuilt.time_ms = match store.log_range(doc, at.saturating_sub(1), at, 1)?.pop() {
+                Some((seq, entry)) if seq == at => entry.time_ms,
+                _ => snapshot.time_ms,
+            };
         }
     }
     let mut after = rebuilt.seq;
@@ -160,23 +190,22 @@ fn rebuild_from_snapshot(
             break;
         };
         after = *last;
-        // Merged into one update, the chunk applies several times faster
-        // than entry by entry.
-        let updates: Vec<&[u8]> = entries.iter().map(|(_, e)| &e.update[..]).collect();
-        match yrs::merge_updates_v1(&updates) {
-            Ok(merged) => apply_bytes(&rebuilt.doc, doc, after, &merged)?,
-            Err(_) => {
-                for (seq, entry) in &entries {
-                    apply_bytes(&rebuilt.doc, doc, *seq, &entry.update)?;
-                }
-            }
-        }
+        apply_chunk(&rebuilt.doc, doc, &entries)?;
         if let Some((seq, entry)) = entries.last() {
             rebuilt.seq = *seq;
             rebuilt.time_ms = entry.time_ms;
         }
     }
     Ok(rebuilt)
+}
+
+/// A time as milliseconds since the epoch, or RFC 3339.
+pub fn parse_time(t: &str) -> Option<i64> {
+    if let Ok(ms) = t.parse::<i64>() {
+        return Some(ms);
+    }
+    let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// The latest point made at or before `time_ms` (0 if the document had no

@@ -166,15 +166,6 @@ pub struct AtQuery {
     time: Option<String>,
 }
 
-/// A time as milliseconds since the epoch, or RFC 3339.
-pub fn parse_time(t: &str) -> Option<i64> {
-    if let Ok(ms) = t.parse::<i64>() {
-        return Some(ms);
-    }
-    let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
 pub async fn at(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -190,7 +181,7 @@ pub async fn at(
             seq.parse()
                 .map_err(|_| bad_request("invalid_seq", format!("seq {seq:?} is not a number")))?,
         ),
-        (None, Some(t)) => Point::Time(parse_time(t).ok_or_else(|| {
+        (None, Some(t)) => Point::Time(history::parse_time(t).ok_or_else(|| {
             bad_request(
                 "invalid_time",
                 format!("time {t:?} is neither milliseconds since the epoch nor RFC 3339"),
@@ -441,9 +432,10 @@ pub async fn restore(
                 .map_err(|_| storage_failure())?;
             saved
         }
-        // Already that text: the restore is still a version of its own.
-        None => Some(shard.save_version(VersionKind::Restore, label).await?.2),
+        // Already that text: nothing to restore, and no new version.
+        None => None,
     };
+    let changed = version_durable.is_some();
     if let Some(durable) = version_durable {
         durable
             .await
@@ -456,6 +448,7 @@ pub async fn restore(
     Ok(Json(json!({
         "doc_seq": newest.as_ref().map_or(0, |v| v.seq),
         "restored": version,
+        "changed": changed,
         "version": newest,
     })))
 }
