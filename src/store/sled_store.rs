@@ -155,12 +155,14 @@ impl SledStore {
     }
 }
 
-/// Writes gathered from a run of ops, one batch per tree. Applied snapshots
-/// before versions, so a version never exists without its state, and
-/// everything before the metas, so a listed document has its records.
+/// Writes gathered from a run of ops, one batch per tree. Whatever a crash
+/// between two batches leaves, a version never lacks its state: removed
+/// versions go before their snapshots, new snapshots before their versions.
+/// Metas go last, so a listed document has its records.
 #[derive(Default)]
 struct Pending {
     log: sled::Batch,
+    drop_versions: sled::Batch,
     snapshots: sled::Batch,
     versions: sled::Batch,
     metas: HashMap<DocId, DocMeta>,
@@ -169,6 +171,7 @@ struct Pending {
 impl Pending {
     fn apply(self, store: &SledStore) -> Result<(), StoreError> {
         store.log.apply_batch(self.log)?;
+        store.versions.apply_batch(self.drop_versions)?;
         store.snapshots.apply_batch(self.snapshots)?;
         store.versions.apply_batch(self.versions)?;
         let mut docs = sled::Batch::default();
@@ -287,7 +290,7 @@ impl DocStore for SledStore {
                         batch.log.insert(key(doc, *seq), entry.encode_to_vec());
                     }
                     for seq in remove_versions {
-                        batch.versions.remove(key(doc, *seq));
+                        batch.drop_versions.remove(key(doc, *seq));
                         batch.snapshots.remove(key(doc, *seq));
                     }
                 }
@@ -431,6 +434,7 @@ mod tests {
                 time_ms: 1,
                 author: "t".into(),
                 update: vec![byte].into(),
+                first_seq: 0,
             },
             text_len: seq,
         }

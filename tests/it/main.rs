@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod durability;
+mod history;
 mod http2;
 mod http_api;
 mod metrics;
