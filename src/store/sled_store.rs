@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 use prost::Message;
+use sled::Transactional;
 
 use super::{
     DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Version, WriteOp,
@@ -134,17 +135,42 @@ impl SledStore {
         })
     }
 
-    /// Removes every record of `doc` (not yet flushed).
+    /// Removes every record of `doc` in one sled transaction (not yet
+    /// flushed), so a crash leaves the document whole or gone, never a
+    /// history without its summary or the other way round.
     fn delete_records(&self, doc: &DocId) -> Result<(), StoreError> {
-        for tree in [&self.log, &self.snapshots, &self.versions] {
-            let mut batch = sled::Batch::default();
-            for k in tree.range(prefix(doc)..end_of(doc)).keys() {
-                batch.remove(k?);
-            }
-            tree.apply_batch(batch)?;
-        }
-        self.docs.remove(doc.as_str())?;
-        Ok(())
+        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            Ok(tree
+                .range(prefix(doc)..end_of(doc))
+                .keys()
+                .collect::<Result<_, _>>()?)
+        };
+        let (log, snapshots, versions) = (
+            keys(&self.log)?,
+            keys(&self.snapshots)?,
+            keys(&self.versions)?,
+        );
+        (&self.log, &self.snapshots, &self.versions, &self.docs)
+            .transaction(|(log_tx, snap_tx, ver_tx, docs_tx)| {
+                for k in &log {
+                    log_tx.remove(k)?;
+                }
+                for k in &snapshots {
+                    snap_tx.remove(k)?;
+                }
+                for k in &versions {
+                    ver_tx.remove(k)?;
+                }
+                docs_tx.remove(doc.as_str())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: doc.to_string(),
+                    detail: "delete aborted".to_owned(),
+                },
+            })
     }
 
     fn read_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {

@@ -3,6 +3,7 @@
 //! per area; helpers live in `support`.
 
 mod bad_input;
+mod cli;
 mod durability;
 mod history;
 mod http2;
