@@ -3,6 +3,7 @@
 //! makes everything durable before returning.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,12 +52,10 @@ impl Storage {
         // Feed ids start with the start time, so they never repeat across runs.
         let epoch = u64::try_from(now_ms()).unwrap_or(0);
         let feeds = FeedHub::new(epoch, config.feed_settings());
-        let registry = Arc::new(DocRegistry::new(
-            store,
-            writer,
-            config.shard_settings(),
-            feeds,
-        ));
+        let registry = Arc::new(
+            DocRegistry::new(store, writer, config.shard_settings(), feeds)
+                .with_max_resident(config.limits.max_resident_docs),
+        );
         Ok(Self {
             registry,
             writer_thread,
@@ -123,16 +122,19 @@ pub async fn run(
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, router)
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                     .with_graceful_shutdown(graceful)
                     .await
             }
             Some(acceptor) => {
                 // The acceptor task and its handshakes join the tracker that
                 // shutdown already waits on.
+                // Tapped (doing nothing) only so that axum gives handlers
+                // the client's address, as on plain TCP.
                 let listener =
-                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?;
-                axum::serve(listener, router)
+                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?
+                        .tap_io(|_| {});
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                     .with_graceful_shutdown(graceful)
                     .await
             }

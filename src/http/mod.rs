@@ -3,6 +3,7 @@
 //! and [`crate::doc`].
 
 mod api;
+mod conns;
 mod error;
 mod history;
 mod metrics;
@@ -19,6 +20,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conns::{ConnectionLimiter, ConnectionPermit, Refused};
 pub use error::ApiError;
 
 use crate::config::ServeConfig;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub next_connection_id: Arc<AtomicU64>,
     /// Bounds the replay streams running at once (see `history::MAX_REPLAYS`).
     pub replays: Arc<tokio::sync::Semaphore>,
+    /// Caps on open WebSockets and SSE streams (see [`conns`]).
+    pub conns: Arc<ConnectionLimiter>,
 }
 
 impl AppState {
@@ -45,8 +49,13 @@ impl AppState {
         config: ServeConfig,
         shutdown: CancellationToken,
     ) -> Self {
+        let conns = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         Self {
             registry,
+            conns,
             config: Arc::new(config),
             shutdown,
             connections: TaskTracker::new(),
@@ -58,11 +67,21 @@ impl AppState {
 
 /// The router. Tests can drive it directly; `server::run` serves it.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // Long-lived connections count against the connection caps.
+    let streams = Router::new()
         // GET for HTTP/1.1 upgrades, CONNECT for HTTP/2 (RFC 8441 extended
         // CONNECT, which `axum::serve` enables on every connection).
         .route("/ws", get(ws::upgrade).connect(ws::upgrade))
         .route("/yjs/{*doc}", get(yws::upgrade).connect(yws::upgrade))
+        .route("/docs/{id}/events", get(sse::doc_events))
+        .route("/docs/{id}/text/stream", get(sse::text_stream))
+        .route("/events", get(sse::all_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            conns::limit,
+        ));
+    Router::new()
+        .merge(streams)
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/docs", get(api::list_docs))
@@ -81,9 +100,6 @@ pub fn app(state: AppState) -> Router {
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))
-        .route("/docs/{id}/events", get(sse::doc_events))
-        .route("/docs/{id}/text/stream", get(sse::text_stream))
-        .route("/events", get(sse::all_events))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(
