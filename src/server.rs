@@ -79,6 +79,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     crate::metrics::install();
+    check_fd_limit(&config);
     // Before the store: a bad certificate must not cost a data-dir lock.
     let tls = crate::tls::acceptor(&config)?;
     let Storage {
@@ -176,6 +177,31 @@ pub async fn run(
     }
     tracing::info!("all documents flushed; bye");
     Ok(())
+}
+
+/// Descriptors kept aside for the store, the listener and short requests.
+const SPARE_FDS: u64 = 256;
+
+/// Raises the process's open-file soft limit to its hard limit (every
+/// connection is a descriptor; the usual soft default of 1024 would refuse
+/// connections long before `--max-connections`), and warns when that is
+/// still too low for the connection cap.
+fn check_fd_limit(config: &ServeConfig) {
+    let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) else {
+        return;
+    };
+    let wanted = match config.limits.max_connections {
+        0 => return,
+        n => n as u64 + SPARE_FDS,
+    };
+    if limit < wanted {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below --max-connections plus {SPARE_FDS}: connections \
+             will fail to be accepted first; raise `ulimit -n` (hard) or lower --max-connections"
+        );
+    }
 }
 
 /// Snapshots and evictions, a few times per eviction period.
