@@ -13,7 +13,9 @@
 //! as a child process (this binary re-executed as `serve`, or `--server-bin`),
 //! so its CPU time and RSS are its own. Scenarios (letters as in issue 6):
 //! a. hot-document fan-out, b. maximum fan-out throughput (full profile),
-//! d. idle density, e. join storm, g. durability cost.
+//! d. idle density, e. join storm, g. durability cost; and h. connections
+//! held (issue 5: thousands of subscribed, reading connections under default
+//! limits: server RSS, the connection cap's 503, deliveries).
 //!
 //! `--protocol yjs` runs the fan-out scenarios (a, b) over plain y-websocket
 //! instead (see `folio-bench/yjs.rs`), so any Yjs server can be measured the
@@ -60,6 +62,9 @@ use yrs::{GetString, ReadTxn, StateVector, Transact};
 #[path = "folio-bench/yjs.rs"]
 mod yjs;
 
+#[path = "folio-bench/hold.rs"]
+mod hold;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest wait for any one expected message; a run never hangs longer.
@@ -95,6 +100,9 @@ enum Internal {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
     },
+    /// Hold Folio connections open, subscribed and reading, until the
+    /// server closes them (for stalled-consumer tests and load runs).
+    Hold(hold::HoldArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -122,6 +130,9 @@ struct RunArgs {
     /// Sizes and durations of the run.
     #[arg(long, value_enum, default_value = "quick")]
     profile: Profile,
+    /// Connections held in scenario h (default: the profile's; 5,000 in full).
+    #[arg(long)]
+    held_conns: Option<usize>,
     /// Drive this running server instead of spawning one (127.0.0.1 only).
     #[arg(long)]
     url: Option<String>,
@@ -158,6 +169,9 @@ struct Sizes {
     ramp: Vec<f64>,
     ramp_secs: f64,
     idle_conns: usize,
+    /// Connections held in scenario h, over how many documents.
+    held_conns: usize,
+    held_docs: usize,
     joiners: usize,
     /// Trace txns typed in scenario g (0: the whole trace).
     typing_txns: usize,
@@ -174,6 +188,8 @@ impl Sizes {
                 ramp: vec![],
                 ramp_secs: 0.0,
                 idle_conns: 1000,
+                held_conns: 500,
+                held_docs: 10,
                 joiners: 500,
                 typing_txns: 20_000,
                 echo_round_trips: 2000,
@@ -185,6 +201,8 @@ impl Sizes {
                 ramp: vec![1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 8000.0, 12_000.0],
                 ramp_secs: 4.0,
                 idle_conns: 10_000,
+                held_conns: 5_000,
+                held_docs: 50,
                 joiners: 500,
                 typing_txns: 0,
                 echo_round_trips: 20_000,
@@ -198,6 +216,7 @@ fn main() -> ExitCode {
     let result = match cli.internal {
         Some(Internal::Serve(config)) => serve(config),
         Some(Internal::Echo { addr }) => echo(addr),
+        Some(Internal::Hold(args)) => hold::hold(args),
         None => run(cli.run),
     };
     match result {
@@ -207,6 +226,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the open-file soft limit to the hard limit: thousands of
+/// connections need as many descriptors, here and in the spawned server
+/// (which inherits it). Beyond the hard limit, raise `ulimit -n` first.
+fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -408,6 +434,28 @@ impl Servers {
 
     /// The external server, or a fresh child on a new temp dir.
     fn get(&mut self) -> anyhow::Result<Target> {
+        // The load tool measures raw rates and sizes: every limit off.
+        self.get_with(&[
+            "--updates-per-sec",
+            "0",
+            "--awareness-per-sec",
+            "0",
+            "--max-connections",
+            "0",
+            "--max-connections-per-ip",
+            "0",
+            "--max-resident-docs",
+            "0",
+            "--max-doc-bytes",
+            "0",
+            // Idle clients that read nothing would be pinged and closed.
+            "--ping-interval-secs",
+            "0",
+        ])
+    }
+
+    /// The external server, or a fresh child with `extra` arguments.
+    fn get_with(&mut self, extra: &[&str]) -> anyhow::Result<Target> {
         if let Some(url) = &self.url {
             return Ok(Target {
                 ws_url: url.clone(),
@@ -432,7 +480,10 @@ impl Servers {
             // Nothing is evicted or snapshotted on a timer mid-measurement.
             "--evict-idle-secs".to_owned(),
             "3600".to_owned(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>();
         let spawned = Spawned::start(
             &self.program,
             &args,
@@ -1368,6 +1419,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             |list| list.contains(&c),
         )
     };
+    raise_fd_limit();
     let started = Instant::now();
     eprintln!(
         "folio-bench: profile {:?}, protocol {:?}, seed {}, trace {}",
@@ -1635,6 +1687,34 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    // h. Connections held: memory, the connection cap, deliveries.
+    if wanted('h') && !yjs {
+        let conns = args.held_conns.unwrap_or(sizes.held_conns).min(fd_budget() / 2);
+        let docs = sizes.held_docs.min(conns.max(1));
+        // Default limits, with a connection cap of exactly what is held.
+        let cap = (conns + docs).to_string();
+        let target = servers.get_with(&["--max-connections", &cap, "--max-connections-per-ip", "0"])?;
+        match target.pid {
+            Some(pid) => {
+                let h = rt.block_on(hold::load_run(&target.ws_url, pid, conns, docs, 20))?;
+                target.finish();
+                push_held(&mut rows, &h);
+                ensure!(
+                    h.delivered == h.expected,
+                    "h: {} of {} updates delivered to held connections",
+                    h.delivered,
+                    h.expected
+                );
+                ensure!(h.over_cap_refused, "h: a connection over the cap was not refused with 503");
+                ensure!(h.held_ones_work, "h: a held connection stopped answering at the cap");
+            }
+            None => {
+                target.finish();
+                notes.push("h: skipped, the server's pid is unknown (give --server-pid)".into());
+            }
+        }
+    }
+
     // e. Join storm.
     if wanted('e') && !yjs {
         let target = servers.get()?;
@@ -1814,6 +1894,49 @@ fn push_fan_out(rows: &mut Vec<Row>, f: &FanOut, scenario: &str, echo_p50: f64, 
             "ms",
         )
         .vs("echo p99", echo_p99),
+    );
+}
+
+fn push_held(rows: &mut Vec<Row>, h: &hold::ConnLoad) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let scenario = "h. connections held";
+    rows.push(Row::new(
+        scenario,
+        &format!(
+            "server RSS with {} connections subscribed and reading ({} docs; {:.1} MiB before)",
+            h.conns,
+            h.docs,
+            mib(h.rss_before)
+        ),
+        mib(h.rss_held),
+        "MiB",
+    ));
+    rows.push(Row::new(
+        scenario,
+        "server RSS per held connection",
+        h.rss_held.saturating_sub(h.rss_before) as f64 / h.conns.max(1) as f64 / 1024.0,
+        "KiB",
+    ));
+    rows.push(Row::new(
+        scenario,
+        &format!("server RSS after {} deliveries", h.expected),
+        mib(h.rss_after_edits),
+        "MiB",
+    ));
+    rows.push(Row::new(
+        scenario,
+        "time to open and subscribe them all",
+        h.join_secs,
+        "s",
+    ));
+    rows.push(
+        Row::new(
+            scenario,
+            "updates delivered to held connections",
+            h.delivered as f64 * 100.0 / h.expected.max(1) as f64,
+            "%",
+        )
+        .target("every one", 100.0, true),
     );
 }
 

@@ -8,6 +8,7 @@ mod durability;
 mod history;
 mod http2;
 mod http_api;
+mod limits;
 mod metrics;
 mod sse;
 mod support;
