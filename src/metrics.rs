@@ -187,20 +187,21 @@ fn build() -> Handles {
         );
         recorder.register_gauge(&Key::from_static_name(name), &METADATA)
     };
-    let labelled = |name: &'static str, help: &'static str, label: &'static str, values: &[&'static str]| {
-        recorder.describe_counter(
-            KeyName::from_const_str(name),
-            Some(Unit::Count),
-            SharedString::const_str(help),
-        );
-        values
-            .iter()
-            .map(|value| {
-                let key = Key::from_parts(name, vec![Label::from_static_parts(label, value)]);
-                recorder.register_counter(&key, &METADATA)
-            })
-            .collect::<Vec<_>>()
-    };
+    let labelled =
+        |name: &'static str, help: &'static str, label: &'static str, values: &[&'static str]| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                Some(Unit::Count),
+                SharedString::const_str(help),
+            );
+            values
+                .iter()
+                .map(|value| {
+                    let key = Key::from_parts(name, vec![Label::from_static_parts(label, value)]);
+                    recorder.register_counter(&key, &METADATA)
+                })
+                .collect::<Vec<_>>()
+        };
     let histogram = |name: &'static str, help: &'static str| {
         recorder.describe_histogram(
             KeyName::from_const_str(name),

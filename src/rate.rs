@@ -91,7 +91,10 @@ mod tests {
             assert_eq!(rates.check(Kind::Update), Ok(()));
         }
         let wait = rates.check(Kind::Update).expect_err("bucket empty");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // Awareness has no limit here.
         for _ in 0..1000 {
             assert_eq!(rates.check(Kind::Awareness), Ok(()));

@@ -123,9 +123,12 @@ pub async fn run(
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(graceful)
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(graceful)
+                .await
             }
             Some(acceptor) => {
                 // The acceptor task and its handshakes join the tracker that
@@ -135,9 +138,12 @@ pub async fn run(
                 let listener =
                     crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?
                         .tap_io(|_| {});
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(graceful)
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(graceful)
+                .await
             }
         }
     };

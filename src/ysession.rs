@@ -523,8 +523,11 @@ impl YSession {
     /// the probe; one that lands when nobody had presence may stand in for
     /// the (then empty) presence, which it is, as of that instant.
     fn probe(&self, shard: &DocShard, state_vector: &[u8]) -> Result<Probe, ShardError> {
-        let (probe, mut rx) =
-            Peer::channel(PROBE_ID_BIT | self.peer.id(), Wire::YSync, PROBE_QUEUE_BYTES);
+        let (probe, mut rx) = Peer::channel(
+            PROBE_ID_BIT | self.peer.id(),
+            Wire::YSync,
+            PROBE_QUEUE_BYTES,
+        );
         let subscribed = shard.subscribe(&probe, &self.author, state_vector);
         shard.unsubscribe(probe.id());
         subscribed?;

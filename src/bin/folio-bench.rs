@@ -1689,11 +1689,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // h. Connections held: memory, the connection cap, deliveries.
     if wanted('h') && !yjs {
-        let conns = args.held_conns.unwrap_or(sizes.held_conns).min(fd_budget() / 2);
+        let conns = args
+            .held_conns
+            .unwrap_or(sizes.held_conns)
+            .min(fd_budget() / 2);
         let docs = sizes.held_docs.min(conns.max(1));
         // Default limits, with a connection cap of exactly what is held.
         let cap = (conns + docs).to_string();
-        let target = servers.get_with(&["--max-connections", &cap, "--max-connections-per-ip", "0"])?;
+        let target =
+            servers.get_with(&["--max-connections", &cap, "--max-connections-per-ip", "0"])?;
         match target.pid {
             Some(pid) => {
                 let h = rt.block_on(hold::load_run(&target.ws_url, pid, conns, docs, 20))?;
@@ -1705,8 +1709,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     h.delivered,
                     h.expected
                 );
-                ensure!(h.over_cap_refused, "h: a connection over the cap was not refused with 503");
-                ensure!(h.held_ones_work, "h: a held connection stopped answering at the cap");
+                ensure!(
+                    h.over_cap_refused,
+                    "h: a connection over the cap was not refused with 503"
+                );
+                ensure!(
+                    h.held_ones_work,
+                    "h: a held connection stopped answering at the cap"
+                );
             }
             None => {
                 target.finish();

@@ -420,7 +420,10 @@ mod tests {
         let (peer, mut rx) = Peer::channel(1, Wire::Folio, 1000);
         let big = Bytes::from(vec![0u8; 5000]);
         peer.try_send(big.clone()).expect("empty queue takes it");
-        assert_eq!(peer.try_send(Bytes::from_static(b"x")), Err(SendError::Full));
+        assert_eq!(
+            peer.try_send(Bytes::from_static(b"x")),
+            Err(SendError::Full)
+        );
         let mut batch = Vec::new();
         rx.recv_many(&mut batch, 8).await;
         rx.written(big.len());

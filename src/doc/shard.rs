@@ -353,13 +353,7 @@ impl DocShard {
             }
             _ => full_state_locked(&mut st),
         };
-        let server_sv = Bytes::from(
-            st.awareness
-                .doc()
-                .transact()
-                .state_vector()
-                .encode_v1(),
-        );
+        let server_sv = Bytes::from(st.awareness.doc().transact().state_vector().encode_v1());
         let awareness = encode_awareness(&st.awareness);
         let frames = match peer.wire() {
             Wire::Folio => vec![protocol::encode(Kind::Synced(v1::Synced {
@@ -1470,12 +1464,12 @@ mod tests {
         let client = new_doc();
         let (relayed, _) = deliver(&mut rx, &client);
         assert!(relayed < 20, "{relayed} relayed");
-        assert_eq!(shard.resync(7).expect("resync"), true);
+        assert!(shard.resync(7).expect("resync"));
         assert_eq!(deliver(&mut rx, &client), (0, 1));
         let text = client.get_or_insert_text(TEXT_NAME);
         assert_eq!(text.get_string(&client.transact()), shard.text());
         // Caught up: relaying works again, and a second resync is a no-op.
-        assert_eq!(shard.resync(7).expect("resync"), false);
+        assert!(!shard.resync(7).expect("resync"));
         shard
             .apply_update(insert_update(99, "y"), "t", None)
             .await
@@ -1511,13 +1505,19 @@ mod tests {
             }
             assert!(accepted < 100, "never refused");
         };
-        assert!(matches!(refused, ShardError::TooLarge { max: 4096, .. }), "{refused:?}");
+        assert!(
+            matches!(refused, ShardError::TooLarge { max: 4096, .. }),
+            "{refused:?}"
+        );
         assert_eq!(refused.code(), ErrorCode::DocTooLarge);
         assert_eq!(shard.info().last_seq, accepted);
         assert_eq!(shard.text().len(), 500 * accepted as usize);
         assert!(shard.full_state().len() <= 4096);
         // Small edits that fit still go in; a huge text is refused up front.
-        assert!(shard.apply_update(insert_update(1, "b"), "t", None).await.is_ok());
+        assert!(shard
+            .apply_update(insert_update(1, "b"), "t", None)
+            .await
+            .is_ok());
         let big = "z".repeat(5000);
         assert!(matches!(
             shard.set_text(&big, "t", None, false).await,

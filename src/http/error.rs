@@ -110,10 +110,12 @@ impl From<RegistryError> for ApiError {
                 "doc_deleting",
                 format!("document {doc} is being deleted; try again"),
             ),
-            RegistryError::Busy(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_busy", e.to_string())
-                    .retry_after(1)
-            }
+            RegistryError::Busy(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                e.to_string(),
+            )
+            .retry_after(1),
             RegistryError::Write(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_failure",

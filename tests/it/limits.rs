@@ -39,7 +39,11 @@ async fn send_raw_update(editor: &mut Editor, seq: u64, update: Bytes) {
     editor
         .conn_mut()
         .expect("online")
-        .send(client_message::Kind::Update(v1::Update { doc, update, seq }))
+        .send(client_message::Kind::Update(v1::Update {
+            doc,
+            update,
+            seq,
+        }))
         .await
         .expect("send");
 }
@@ -166,7 +170,11 @@ async fn updates_past_the_document_size_limit_are_refused_and_change_nothing() {
     assert_eq!(error.code, ErrorCode::DocTooLarge as i32, "{error:?}");
     assert_eq!((error.doc.as_str(), error.seq), ("big", seq));
     let text = server.text("big").await;
-    assert_eq!(text.len(), accepted * chunk.len(), "the refused update changed nothing");
+    assert_eq!(
+        text.len(),
+        accepted * chunk.len(),
+        "the refused update changed nothing"
+    );
     // Bob never saw it, and still hears what fits.
     bob.drain(Duration::from_millis(200)).await.expect("drain");
     assert_eq!(bob.text(), text);
@@ -237,7 +245,10 @@ async fn connections_over_the_caps_get_503_while_open_ones_keep_working() {
     assert_eq!(status, 503);
 
     // The open sessions never noticed.
-    alice.type_patches(&[(0, 0, "still here")]).await.expect("type");
+    alice
+        .type_patches(&[(0, 0, "still here")])
+        .await
+        .expect("type");
     alice.wait_acked().await.expect("acked");
     loop {
         if let Event::Remote { .. } = bob.pump().await.expect("pump") {
@@ -285,7 +296,9 @@ async fn at_the_resident_bound_idle_documents_are_evicted_lru_and_busy_loads_are
     )
     .await;
     assert_eq!(status, 201);
-    let mut conn = Connection::connect(&server.ws_url(), "many").await.expect("connect");
+    let mut conn = Connection::connect(&server.ws_url(), "many")
+        .await
+        .expect("connect");
     let subscribe = |doc: &str| {
         client_message::Kind::Subscribe(v1::Subscribe {
             doc: doc.to_owned(),
@@ -311,7 +324,9 @@ async fn at_the_resident_bound_idle_documents_are_evicted_lru_and_busy_loads_are
         }
         other => panic!("{other:?}"),
     }
-    let resp = reqwest::get(server.url("/docs/r0/text")).await.expect("GET");
+    let resp = reqwest::get(server.url("/docs/r0/text"))
+        .await
+        .expect("GET");
     assert_eq!(resp.status().as_u16(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.expect("JSON");
@@ -331,13 +346,19 @@ async fn at_the_resident_bound_idle_documents_are_evicted_lru_and_busy_loads_are
         }))
         .await
         .expect("send");
-        assert!(matches!(conn.recv().await.expect("answer"), Kind::Unsubscribed(_)));
+        assert!(matches!(
+            conn.recv().await.expect("answer"),
+            Kind::Unsubscribed(_)
+        ));
         // Distinct milliseconds, so the order is unambiguous.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(server.get_text("/docs/r1/text").await.0, 200);
     conn.send(subscribe("r4")).await.expect("send");
-    assert!(matches!(conn.recv().await.expect("answer"), Kind::Synced(_)));
+    assert!(matches!(
+        conn.recv().await.expect("answer"),
+        Kind::Synced(_)
+    ));
     assert_eq!(resident(&server).await, set(&["r1", "r3", "r4"]));
     // And an evicted document comes back whole.
     assert_eq!(server.text("r0").await, "zero");
@@ -361,7 +382,7 @@ async fn updates_and_awareness_past_the_rate_are_refused_and_can_be_sent_again()
     let mut bob = Editor::join(&server.ws_url(), "rated", "bob")
         .await
         .expect("join");
-    let limits = alice.conn_mut().expect("online").limits.clone();
+    let limits = alice.conn_mut().expect("online").limits;
     assert_eq!((limits.updates_per_sec, limits.update_burst), (2, 3));
     assert_eq!((limits.awareness_per_sec, limits.awareness_burst), (2, 2));
 
@@ -419,7 +440,10 @@ async fn updates_and_awareness_past_the_rate_are_refused_and_can_be_sent_again()
         }
     }
     let all: BTreeSet<char> = letters.iter().copied().collect();
-    assert_eq!(server.text("rated").await.chars().collect::<BTreeSet<_>>(), all);
+    assert_eq!(
+        server.text("rated").await.chars().collect::<BTreeSet<_>>(),
+        all
+    );
 
     // Awareness: the burst is relayed, the rest refused (seq 0) and dropped.
     bob.drain(Duration::from_millis(200)).await.expect("drain");
@@ -500,9 +524,7 @@ async fn a_client_that_stops_reading_is_resynced_and_the_others_are_unaffected()
     .await;
     let url = server.ws_url();
     let mut slow = Editor::join(&url, "slowws", "slow").await.expect("join");
-    let mut writer = Editor::join(&url, "slowws", "writer")
-        .await
-        .expect("join");
+    let mut writer = Editor::join(&url, "slowws", "writer").await.expect("join");
     // A reader that keeps up, in its own task, reporting how far it got.
     let mut fast = Editor::join(&url, "slowws", "fast").await.expect("join");
     let (seen_tx, mut seen) = tokio::sync::watch::channel((0usize, 0usize));
@@ -526,7 +548,10 @@ async fn a_client_that_stops_reading_is_resynced_and_the_others_are_unaffected()
     let chunk = "x".repeat(64 * 1024);
     for i in 1..=CHUNKS {
         let len = writer.len();
-        writer.type_patches(&[(len, 0, &chunk)]).await.expect("type");
+        writer
+            .type_patches(&[(len, 0, &chunk)])
+            .await
+            .expect("type");
         writer.wait_acked().await.expect("acked");
         seen.wait_for(|(remote, _)| *remote >= i)
             .await
@@ -536,7 +561,11 @@ async fn a_client_that_stops_reading_is_resynced_and_the_others_are_unaffected()
     let (fast, fast_remote, fast_resynced) = fast_task.await.expect("fast task");
     let want = server.text("slowws").await;
     assert_eq!(fast.text(), want);
-    assert_eq!((fast_remote, fast_resynced), (CHUNKS, 0), "the fast reader was affected");
+    assert_eq!(
+        (fast_remote, fast_resynced),
+        (CHUNKS, 0),
+        "the fast reader was affected"
+    );
 
     // Reading again, the slow one gets a Resynced in place of what it missed.
     let (mut remote, mut resynced) = (0, 0);
@@ -551,7 +580,10 @@ async fn a_client_that_stops_reading_is_resynced_and_the_others_are_unaffected()
         }
     }
     assert_eq!(slow.text(), want);
-    assert!(resynced >= 1 && remote < CHUNKS, "{remote} relayed, {resynced} resyncs");
+    assert!(
+        resynced >= 1 && remote < CHUNKS,
+        "{remote} relayed, {resynced} resyncs"
+    );
     // Still subscribed: the next edit arrives as usual.
     writer.type_patches(&[(0, 0, "end")]).await.expect("type");
     loop {
@@ -669,7 +701,12 @@ async fn a_sigstopped_client_leaves_server_memory_bounded_and_is_closed_as_stall
 
     // Its socket takes nothing: after the stall timeout it is closed.
     eventually("the stalled connection closed", || async {
-        (metric(&metrics_url, r#"folio_connections_closed_total{reason="stalled"}"#).await >= 1.0)
+        (metric(
+            &metrics_url,
+            r#"folio_connections_closed_total{reason="stalled"}"#,
+        )
+        .await
+            >= 1.0)
             .then_some(())
     })
     .await;
@@ -730,7 +767,11 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_is_kept(
     });
 
     eventually("the silent client closed", || async {
-        (metric(&metrics_url, r#"folio_connections_closed_total{reason="ping_timeout"}"#).await
+        (metric(
+            &metrics_url,
+            r#"folio_connections_closed_total{reason="ping_timeout"}"#,
+        )
+        .await
             >= 1.0)
             .then_some(())
     })
@@ -767,7 +808,11 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_is_kept(
         }
     }
     assert_eq!(
-        metric(&metrics_url, r#"folio_connections_closed_total{reason="ping_timeout"}"#).await,
+        metric(
+            &metrics_url,
+            r#"folio_connections_closed_total{reason="ping_timeout"}"#
+        )
+        .await,
         1.0
     );
     server.kill9();

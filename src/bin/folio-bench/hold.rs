@@ -205,7 +205,11 @@ pub async fn load_run(
         .send(client_message::Kind::Ping(v1::Ping { nonce: 7 }))
         .await?;
     let mut held_ones_work = false;
-    while let Some(msg) = writer.conn_mut()?.recv_within(Duration::from_secs(20)).await? {
+    while let Some(msg) = writer
+        .conn_mut()?
+        .recv_within(Duration::from_secs(20))
+        .await?
+    {
         if let server_message::Kind::Pong(p) = msg {
             held_ones_work = p.nonce == 7;
             break;
