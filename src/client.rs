@@ -63,6 +63,19 @@ impl Connection {
     /// # Errors
     /// Connection failures or a refused `Hello`.
     pub async fn connect(url: &str, client_name: &str) -> Result<Self, ClientError> {
+        Self::connect_with_token(url, client_name, "").await
+    }
+
+    /// As [`Connection::connect`], presenting `token` (a JWT; empty for
+    /// none) in `Hello` for the whole connection.
+    ///
+    /// # Errors
+    /// Connection failures or a refused `Hello` (a bad token included).
+    pub async fn connect_with_token(
+        url: &str,
+        client_name: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         let mut conn = Self {
             ws,
@@ -72,6 +85,7 @@ impl Connection {
         conn.send(client_message::Kind::Hello(v1::Hello {
             protocol_version: crate::protocol::PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
+            token: token.to_owned(),
         }))
         .await?;
         match conn.recv().await? {
@@ -197,6 +211,8 @@ pub struct Editor {
     conn: Option<Connection>,
     doc_id: String,
     name: String,
+    /// The token presented in `Hello` (empty: none).
+    token: String,
     doc: Doc,
     text: TextRef,
     next_seq: u64,
@@ -229,18 +245,41 @@ impl Editor {
         name: &str,
         doc: Doc,
     ) -> Result<Self, ClientError> {
+        let mut editor = Self::detached(doc_id, name, doc);
+        editor.reconnect(url).await?;
+        Ok(editor)
+    }
+
+    /// An editor that has not connected yet.
+    fn detached(doc_id: &str, name: &str, doc: Doc) -> Self {
         let text = doc.get_or_insert_text(TEXT_NAME);
-        let mut editor = Self {
+        Self {
             conn: None,
             doc_id: doc_id.to_owned(),
             name: name.to_owned(),
+            token: String::new(),
             doc,
             text,
             next_seq: 1,
             unacked: BTreeMap::new(),
             synced_awareness: Bytes::new(),
             synced_update_bytes: 0,
-        };
+        }
+    }
+
+    /// As [`Editor::join`], presenting `token` in `Hello` (and again on
+    /// every reconnect).
+    ///
+    /// # Errors
+    /// Connection, authorization, subscription or sync failures.
+    pub async fn join_with_token(
+        url: &str,
+        doc_id: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        let mut editor = Self::detached(doc_id, name, new_doc());
+        editor.token = token.to_owned();
         editor.reconnect(url).await?;
         Ok(editor)
     }
@@ -265,11 +304,12 @@ impl Editor {
     /// # Errors
     /// Connection or sync failures.
     pub async fn reconnect(&mut self, url: &str) -> Result<(), ClientError> {
-        let mut conn = Connection::connect(url, &self.name).await?;
+        let mut conn = Connection::connect_with_token(url, &self.name, &self.token).await?;
         let sv = self.doc.transact().state_vector().encode_v1();
         conn.send(client_message::Kind::Subscribe(v1::Subscribe {
             doc: self.doc_id.clone(),
             state_vector: sv.into(),
+            token: String::new(),
         }))
         .await?;
         let synced = loop {

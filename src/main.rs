@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Mint an access token (signed with --auth-secret) and print it.
+    Token(folio::auth::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +25,10 @@ fn main() -> anyhow::Result<()> {
     folio::telemetry::init();
     match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Token(args) => {
+            println!("{}", args.mint().map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
     }
 }
 

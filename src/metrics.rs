@@ -91,6 +91,10 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::DocReloaded, "doc_reloaded"),
     (ErrorCode::SlowConsumer, "slow_consumer"),
     (ErrorCode::Internal, "internal"),
+    (ErrorCode::Unauthorized, "unauthorized"),
+    (ErrorCode::Forbidden, "forbidden"),
+    (ErrorCode::ReadOnly, "read_only"),
+    (ErrorCode::TokenExpired, "token_expired"),
 ];
 
 /// The `code` label of an error code, as `/metrics` shows it.

@@ -33,6 +33,8 @@ pub enum ServerError {
     Flush(#[from] crate::store::WriteFailed),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 /// The storage half of a server: store, writer thread and registry.
@@ -82,8 +84,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     crate::metrics::install();
-    // Before the store: a bad certificate must not cost a data-dir lock.
+    // Before the store: a bad certificate or an unsafe auth setting must
+    // not cost a data-dir lock.
     let tls = crate::tls::acceptor(&config)?;
+    let auth = Arc::new(crate::auth::Auth::for_server(
+        config.auth_secret.as_ref(),
+        config.insecure_open,
+        listener.local_addr()?,
+    )?);
     let Storage {
         registry,
         writer_thread,
@@ -96,6 +104,7 @@ pub async fn run(
         shutdown: cancel.clone(),
         connections: connections.clone(),
         next_connection_id: Arc::new(AtomicU64::new(1)),
+        auth: auth.clone(),
     };
     let upkeep = tokio::spawn(upkeep_loop(
         registry.clone(),
@@ -105,6 +114,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         tls = tls.is_some(),
+        auth = if auth.is_open() { "open" } else { "tokens" },
         data_dir = %config.data_dir.display(),
         "folio serving"
     );

@@ -598,6 +598,7 @@ async fn hello(ws: &mut Ws) -> anyhow::Result<v1::Limits> {
     ws.send(frame(client_message::Kind::Hello(v1::Hello {
         protocol_version: PROTOCOL_VERSION,
         client_name: "folio-bench".into(),
+        ..Default::default()
     })))
     .await?;
     match recv(ws).await? {
@@ -610,6 +611,7 @@ async fn subscribe(ws: &mut Ws, doc: &str) -> anyhow::Result<v1::Synced> {
     ws.send(frame(client_message::Kind::Subscribe(v1::Subscribe {
         doc: doc.into(),
         state_vector: Bytes::new(),
+        ..Default::default()
     })))
     .await?;
     loop {

@@ -1,6 +1,7 @@
 //! The REST API: health, document listing, text and state reads, and raw
 //! update writes for server-side writers. Doc ids go in one path segment:
-//! encode `/` in an id as `%2F`.
+//! encode `/` in an id as `%2F`. Every handler that touches documents takes
+//! the request's [`Principal`] and checks it (see [`crate::auth`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,6 +14,7 @@ use serde_json::json;
 use super::{ApiError, AppState};
 use yrs::updates::decoder::Decode;
 
+use crate::auth::{Action, Principal};
 use crate::doc::{decode_guarded, DocId, DocInfo, ShardError};
 
 pub async fn healthz() -> impl IntoResponse {
@@ -31,15 +33,23 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-pub async fn list_docs(State(app): State<AppState>) -> Result<Json<Vec<DocInfo>>, ApiError> {
-    Ok(Json(app.registry.list().await?))
+/// Every document the principal may read (with a token, only those it covers).
+pub async fn list_docs(
+    principal: Principal,
+    State(app): State<AppState>,
+) -> Result<Json<Vec<DocInfo>>, ApiError> {
+    let mut docs = app.registry.list().await?;
+    docs.retain(|d| DocId::parse(&d.id).is_ok_and(|id| principal.can(Action::Read, &id)));
+    Ok(Json(docs))
 }
 
 pub async fn text(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let shard = app.registry.get(&doc, false).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -48,10 +58,12 @@ pub async fn text(
 }
 
 pub async fn state(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let shard = app.registry.get(&doc, false).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -61,12 +73,16 @@ pub async fn state(
 
 /// Applies a raw Yjs v1 update (the body). Answers once it is durable, with
 /// the document's sequence number for it. Creates the document if needed.
+/// The author is the token's `sub`, else `http`.
 pub async fn update(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Write, &doc)?;
+    let author = principal.sub().unwrap_or("http");
     // The router's body limit is max_message_bytes; over it, reading fails.
     let body = body.map_err(|e| {
         ApiError::new(
@@ -83,7 +99,7 @@ pub async fn update(
     let mut attempt = 0;
     let applied = loop {
         let shard = app.registry.get(&doc, true).await?;
-        match shard.apply_update(body.clone(), "http", None).await {
+        match shard.apply_update(body.clone(), author, None).await {
             Err(ShardError::Closed) if attempt < 2 => attempt += 1,
             other => break other?,
         }

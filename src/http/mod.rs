@@ -12,7 +12,7 @@ mod yws;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 
+use crate::auth::{AllowedOrigins, Auth};
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 
@@ -33,6 +34,15 @@ pub struct AppState {
     /// Tracks WebSocket connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
     pub next_connection_id: Arc<AtomicU64>,
+    /// Verifies tokens (or lets everyone in, in open mode): see [`crate::auth`].
+    pub auth: Arc<Auth>,
+}
+
+/// Lets handlers take a [`crate::auth::Principal`] argument.
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
 }
 
 /// The router. Tests can drive it directly; `server::run` serves it.
@@ -55,6 +65,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(
             state.config.max_message_bytes as usize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AllowedOrigins::new(&state.config.allowed_origins),
+            crate::auth::check_origin,
         ))
         .with_state(state)
 }

@@ -57,14 +57,34 @@ async fn run(socket: WebSocket, app: AppState) {
         max_docs_per_connection: app.config.max_docs_per_connection,
         max_unacked_updates: app.config.max_unacked_updates,
     };
-    let mut session = Session::new(peer.clone(), app.registry.clone(), limits);
+    let mut session = Session::new(
+        peer.clone(),
+        app.registry.clone(),
+        limits,
+        app.auth.clone(),
+    );
+    // One timer per connection for token expiry, re-armed only when the
+    // earliest deadline changes (a Hello, Subscribe, Reauth or expiry).
+    let expiry = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut armed = None;
     tracing::debug!(id, "connection open");
     let flow = loop {
+        let deadline = session.expiry_deadline();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                expiry.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         let flow = tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
+            // Before reading: a frame that arrives after the deadline finds
+            // the rights already gone.
+            () = &mut expiry, if armed.is_some() => session.on_expiry().await,
             outcome = session.next_ack(), if session.has_pending_acks() => {
                 session.on_ack(outcome).await
             }

@@ -1,9 +1,16 @@
 //! `GET /yjs/{doc}`: the y-websocket endpoint, so that the standard Yjs
 //! provider connects unchanged: `new WebsocketProvider('ws://host:4700/yjs',
 //! docId, ydoc)`. The provider puts the room name into the path as it is, so
-//! the route takes the whole rest of the path (doc ids may contain `/`); the
-//! query string is ignored. Same shape as `/ws`: this reader loop feeds a
-//! [`YSession`], and the shared writer drains the connection's queue.
+//! the route takes the whole rest of the path (doc ids may contain `/`). The
+//! query string carries the token (`?token=`, the provider's `params`), or an
+//! `Authorization: Bearer` header where the client can set one. Same shape
+//! as `/ws`: this reader loop feeds a [`YSession`], and the shared writer
+//! drains the connection's queue.
+//!
+//! A refused token is answered after the upgrade, with a close code in the
+//! 4400-4499 range (4401, 4403; 4440 at expiry), rather than with an HTTP
+//! status: the provider sees no status, only a failed connection that it
+//! retries forever, whereas a 44xx close stops it and tells the app why.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,9 +18,9 @@ use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
@@ -21,6 +28,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::ws::{configure, is_capacity, write_loop};
 use super::{ApiError, AppState};
+use crate::auth::{Action, Principal};
 use crate::doc::{DocId, Outbound, Peer, Wire};
 use crate::session::{Flow, SessionLimits};
 use crate::ysession::{close, YSession};
@@ -34,20 +42,47 @@ pub async fn upgrade(
     State(app): State<AppState>,
     doc: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     let Path(doc) =
         doc.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.body_text()))?;
     let doc = DocId::parse(&doc)?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let access = match app.auth.from_http(&headers, &uri) {
+        Err(e) => Err((close::UNAUTHORIZED, e.to_string())),
+        Ok(principal) => match principal.require(Action::Read, &doc) {
+            Ok(()) => Ok(principal),
+            Err(denied) => Err((close::FORBIDDEN, denied.to_string())),
+        },
+    };
     Ok(
         configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
             let tracker = app.connections.clone();
-            tracker.track_future(run(socket, app, doc))
+            tracker.track_future(async move {
+                match access {
+                    Ok(principal) => run(socket, app, doc, principal).await,
+                    Err((code, reason)) => refuse(socket, code, reason).await,
+                }
+            })
         }),
     )
 }
 
-async fn run(socket: WebSocket, app: AppState, doc: DocId) {
+/// Closes a socket whose token was refused, before it touches any document.
+async fn refuse(mut socket: WebSocket, code: u16, reason: String) {
+    tracing::debug!(code, %reason, "y-websocket token refused");
+    let Flow::Close(code, reason) = crate::ysession::close_with(code, reason) else {
+        return;
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal) {
     let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
@@ -58,7 +93,14 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
         max_docs_per_connection: 1,
         max_unacked_updates: app.config.max_unacked_updates,
     };
-    let mut session = YSession::new(peer.clone(), app.registry.clone(), doc.clone(), limits);
+    let mut session = YSession::new(peer.clone(), app.registry.clone(), doc.clone(), limits)
+        .with_access(principal.sub(), principal.can(Action::Write, &doc));
+    // No Reauth exists in y-protocols: at expiry the socket closes (4440).
+    let expiry = principal.remaining().map_or_else(
+        || tokio::time::sleep(Duration::MAX),
+        tokio::time::sleep,
+    );
+    tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_EVERY,
         KEEPALIVE_EVERY,
@@ -71,6 +113,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
             () = app.shutdown.cancelled() => {
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
+            () = &mut expiry => Flow::Close(close::TOKEN_EXPIRED, "token expired".into()),
             outcome = session.next_write(), if session.has_pending_writes() => {
                 session.on_write(outcome)
             }
