@@ -566,10 +566,9 @@ where
 /// The 401 response for `e`, with the `WWW-Authenticate` challenge.
 pub fn unauthorized(e: AuthError) -> Response {
     let mut response = ApiError::from(e).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer"),
-    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -751,10 +750,11 @@ mod tests {
     fn bad_tokens_are_refused_with_the_reason() {
         let auth = Auth::with_secret(&secret()).expect("secret");
         assert_eq!(auth.verify(""), Err(AuthError::Missing));
-        assert!(matches!(auth.verify("not.a.jwt"), Err(AuthError::Invalid(_))));
-        let expired = auth
-            .mint(&claims(&["a"], Role::Write, -5))
-            .expect("mint");
+        assert!(matches!(
+            auth.verify("not.a.jwt"),
+            Err(AuthError::Invalid(_))
+        ));
+        let expired = auth.mint(&claims(&["a"], Role::Write, -5)).expect("mint");
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
         let other = Auth::with_secret(&AuthSecret("x".repeat(40))).expect("secret");
         let forged = other.mint(&claims(&["a"], Role::Admin, 60)).expect("mint");

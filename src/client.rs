@@ -304,25 +304,46 @@ impl Editor {
     /// # Errors
     /// Connection or sync failures.
     pub async fn reconnect(&mut self, url: &str) -> Result<(), ClientError> {
-        let mut conn = Connection::connect_with_token(url, &self.name, &self.token).await?;
+        let conn = Connection::connect_with_token(url, &self.name, &self.token).await?;
+        self.conn = Some(conn);
+        if let Err(e) = self.resubscribe().await {
+            self.conn = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Subscribes (again) on the current connection, after the server ended
+    /// the subscription (`SLOW_CONSUMER`, `TOKEN_EXPIRED` and a `Reauth`, …),
+    /// and exchanges what each side lacks, as [`Editor::reconnect`] does.
+    /// Messages that arrive before `Synced` are handled as by [`Editor::pump`].
+    ///
+    /// # Errors
+    /// Offline, a refused `Subscribe`, or sync failures.
+    pub async fn resubscribe(&mut self) -> Result<(), ClientError> {
         let sv = self.doc.transact().state_vector().encode_v1();
-        conn.send(client_message::Kind::Subscribe(v1::Subscribe {
-            doc: self.doc_id.clone(),
-            state_vector: sv.into(),
-            token: String::new(),
-        }))
-        .await?;
+        let doc = self.doc_id.clone();
+        self.conn_mut()?
+            .send(client_message::Kind::Subscribe(v1::Subscribe {
+                doc: doc.clone(),
+                state_vector: sv.into(),
+                ..Default::default()
+            }))
+            .await?;
         let synced = loop {
-            match conn.recv().await? {
-                server_message::Kind::Synced(s) => break s,
-                server_message::Kind::Error(e) => return Err(ClientError::Refused(e)),
-                _ => continue,
+            match self.recv_raw().await? {
+                server_message::Kind::Synced(s) if s.doc == doc => break s,
+                server_message::Kind::Error(e) if e.doc == doc && e.seq == 0 => {
+                    return Err(ClientError::Refused(e))
+                }
+                other => {
+                    self.handle(other)?;
+                }
             }
         };
         self.apply_remote(&synced.update)?;
         self.synced_awareness = synced.awareness;
         self.synced_update_bytes = synced.update.len();
-        self.conn = Some(conn);
         let server_sv = StateVector::decode_v1(&synced.state_vector)
             .map_err(|e| ClientError::Yrs(e.to_string()))?;
         let missing = self.doc.transact().encode_diff_v1(&server_sv);
@@ -330,6 +351,35 @@ impl Editor {
             self.send_update(Bytes::from(missing)).await?;
         }
         Ok(())
+    }
+
+    /// Replaces the connection's token (`Reauth`) and waits for `Reauthed`;
+    /// later reconnects present the new token. Messages that arrive in
+    /// between are handled as by [`Editor::pump`]. Returns the new expiry
+    /// (ms since the epoch; 0 for a server without access control).
+    ///
+    /// # Errors
+    /// Offline, or the token was refused ([`ClientError::Refused`]).
+    pub async fn reauth(&mut self, token: &str) -> Result<u64, ClientError> {
+        self.conn_mut()?
+            .send(client_message::Kind::Reauth(v1::Reauth {
+                token: token.to_owned(),
+            }))
+            .await?;
+        loop {
+            match self.recv_raw().await? {
+                server_message::Kind::Reauthed(r) => {
+                    self.token = token.to_owned();
+                    return Ok(r.expires_at_ms);
+                }
+                server_message::Kind::Error(e) if e.doc.is_empty() && e.seq == 0 => {
+                    return Err(ClientError::Refused(e))
+                }
+                other => {
+                    self.handle(other)?;
+                }
+            }
+        }
     }
 
     /// The document id.
@@ -482,7 +532,15 @@ impl Editor {
                 }
             }
             server_message::Kind::Awareness(a) => Event::Awareness(a.update),
-            server_message::Kind::Error(e) => Event::Error(e),
+            server_message::Kind::Error(e) => {
+                // A refused update will never be acknowledged (a storage
+                // failure may still be, once resent); the diff after the
+                // next Synced carries its changes.
+                if e.seq != 0 && e.code != crate::protocol::ErrorCode::StorageFailure as i32 {
+                    self.unacked.remove(&e.seq);
+                }
+                Event::Error(e)
+            }
             other => Event::Other(other),
         })
     }

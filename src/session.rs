@@ -232,7 +232,12 @@ impl Session {
             }
         }
         self.recompute_expiry();
-        tracing::debug!(peer = self.peer.id(), docs = expired.len(), conn_expired, "token expired");
+        tracing::debug!(
+            peer = self.peer.id(),
+            docs = expired.len(),
+            conn_expired,
+            "token expired"
+        );
         if conn_expired {
             let flow = self
                 .error(

@@ -91,10 +91,9 @@ where
     // not held up by watchers that would never leave by themselves.
     let shutdown = app.shutdown.clone().cancelled_owned();
     // And when the token expires: the client reconnects with a fresh one.
-    let expiry = principal.remaining().map_or_else(
-        || tokio::time::sleep(Duration::MAX),
-        tokio::time::sleep,
-    );
+    let expiry = principal
+        .remaining()
+        .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
     let end = async move {
         tokio::select! {
             () = shutdown => {},

@@ -57,12 +57,7 @@ async fn run(socket: WebSocket, app: AppState) {
         max_docs_per_connection: app.config.max_docs_per_connection,
         max_unacked_updates: app.config.max_unacked_updates,
     };
-    let mut session = Session::new(
-        peer.clone(),
-        app.registry.clone(),
-        limits,
-        app.auth.clone(),
-    );
+    let mut session = Session::new(peer.clone(), app.registry.clone(), limits, app.auth.clone());
     // One timer per connection for token expiry, re-armed only when the
     // earliest deadline changes (a Hello, Subscribe, Reauth or expiry).
     let expiry = tokio::time::sleep(std::time::Duration::ZERO);

@@ -96,10 +96,9 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal)
     let mut session = YSession::new(peer.clone(), app.registry.clone(), doc.clone(), limits)
         .with_access(principal.sub(), principal.can(Action::Write, &doc));
     // No Reauth exists in y-protocols: at expiry the socket closes (4440).
-    let expiry = principal.remaining().map_or_else(
-        || tokio::time::sleep(Duration::MAX),
-        tokio::time::sleep,
-    );
+    let expiry = principal
+        .remaining()
+        .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
     tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_EVERY,

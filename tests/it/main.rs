@@ -2,6 +2,7 @@
 //! temp dir, real WebSocket clients built on yrs. One test binary, one module
 //! per area; helpers live in `support`.
 
+mod auth;
 mod bad_input;
 mod durability;
 mod http2;
