@@ -602,7 +602,7 @@ impl AllowedOrigins {
             return false;
         };
         let origin = normalize_origin(origin);
-        self.0.iter().any(|o| *o == origin)
+        self.0.contains(&origin)
     }
 }
 

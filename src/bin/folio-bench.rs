@@ -82,6 +82,8 @@ struct Cli {
 }
 
 /// Processes the tool starts of itself, so each is measured alone.
+// Parsed once per process: the size of the Serve variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Internal {
     /// Run a Folio server (the same code as `folio serve`).

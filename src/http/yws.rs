@@ -8,7 +8,8 @@
 //! drains the connection's queue.
 //!
 //! A refused token is answered after the upgrade, with a close code in the
-//! 4400-4499 range (4401, 4403; 4440 at expiry), rather than with an HTTP
+//! 4400-4499 range (4401 missing or invalid, 4403 another document, 4440
+//! expired, at the upgrade or later on the open socket), rather than with an HTTP
 //! status: the provider sees no status, only a failed connection that it
 //! retries forever, whereas a 44xx close stops it and tells the app why.
 
@@ -28,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::ws::{configure, is_capacity, write_loop};
 use super::{ApiError, AppState};
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, AuthError, Principal};
 use crate::doc::{DocId, Outbound, Peer, Wire};
 use crate::session::{Flow, SessionLimits};
 use crate::ysession::{close, YSession};
@@ -50,6 +51,7 @@ pub async fn upgrade(
     let doc = DocId::parse(&doc)?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
     let access = match app.auth.from_http(&headers, &uri) {
+        Err(e @ AuthError::Expired) => Err((close::TOKEN_EXPIRED, e.to_string())),
         Err(e) => Err((close::UNAUTHORIZED, e.to_string())),
         Ok(principal) => match principal.require(Action::Read, &doc) {
             Ok(()) => Ok(principal),

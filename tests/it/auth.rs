@@ -394,7 +394,7 @@ async fn an_expired_token_loses_its_rights_on_the_open_socket_until_reauth() {
     alice.wait_acked().await.expect("acked before expiry");
 
     // At expiry: one error for the connection, one for the subscription.
-    let mut seen = vec![
+    let mut seen = [
         editor_error(&mut alice).await,
         editor_error(&mut alice).await,
     ];
@@ -511,25 +511,18 @@ async fn yjs_checks_the_token_at_upgrade_drops_read_only_updates_and_closes_at_e
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start(dir.path()).await;
     let url = server.ws_url();
-    assert_eq!(
-        YConn::open(&server, "y", None).await.close_code().await,
-        4401
-    );
-    assert_eq!(
-        YConn::open(&server, "y", Some("junk"))
-            .await
-            .close_code()
-            .await,
-        4401
-    );
+    // Refused at the upgrade with a close code the provider does not retry.
+    let expired = token(&["y"], Role::Write, None, -5);
     let other = valid(&["other"], Role::Write, "al");
-    assert_eq!(
-        YConn::open(&server, "y", Some(&other))
-            .await
-            .close_code()
-            .await,
-        4403
-    );
+    for (token, close) in [
+        (None, 4401),
+        (Some("junk"), 4401),
+        (Some(expired.as_str()), 4440),
+        (Some(other.as_str()), 4403),
+    ] {
+        let mut refused = YConn::open(&server, "y", token).await;
+        assert_eq!(refused.close_code().await, close, "{token:?}");
+    }
 
     let mut writer = Editor::join_with_token(&url, "y", "w", &valid(&["y"], Role::Write, "w"))
         .await
