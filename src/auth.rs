@@ -194,11 +194,14 @@ impl Principal {
                 )));
             }
         }
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
         Ok(Self {
             role: claims.role,
             docs,
             sub: claims.sub,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires_at: Some(expires_at),
         })
     }
 
@@ -759,6 +762,11 @@ mod tests {
         let other = Auth::with_secret(&AuthSecret("x".repeat(40))).expect("secret");
         let forged = other.mint(&claims(&["a"], Role::Admin, 60)).expect("mint");
         assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
+        // An absurd expiry is refused, never an arithmetic panic.
+        let mut far = claims(&["a"], Role::Read, 60);
+        far.exp = u64::MAX;
+        let far = auth.mint(&far).expect("mint");
+        assert!(matches!(auth.verify(&far), Err(AuthError::Invalid(_))));
         let bad_pattern = auth
             .mint(&claims(&["team-*"], Role::Read, 60))
             .expect("mint");

@@ -5,7 +5,7 @@
 //! transport around it (`http::ws`) stays a thin loop. A bad message ends at
 //! most this session, never a shard or another client.
 //!
-//! Access control: each subscription keeps the [`Grant`] (verified token)
+//! Access control: each subscription keeps the `Grant` (verified token)
 //! that opened it, from `Subscribe.token` or else the connection's token
 //! (`Hello` or `Reauth`). Tokens are verified only when they arrive; an
 //! `Update` costs one role comparison, and expiry is a deadline the
@@ -86,7 +86,10 @@ struct Grant {
 
 impl Grant {
     fn new(principal: Principal) -> Self {
-        let deadline = principal.remaining().map(|left| Instant::now() + left);
+        // An expiry too far ahead for the clock to represent is "never".
+        let deadline = principal
+            .remaining()
+            .and_then(|left| Instant::now().checked_add(left));
         Self {
             principal: Arc::new(principal),
             deadline,
@@ -209,7 +212,8 @@ impl Session {
     /// `Error{doc, TOKEN_EXPIRED}` (its presence is removed, as on
     /// unsubscribe), and if it was the connection's token the client gets
     /// `Error{"", TOKEN_EXPIRED}` and may subscribe nothing more until a
-    /// `Reauth`. Updates applied before the expiry still get their acks.
+    /// `Reauth` (unless a `Subscribe` brings its own token). Updates applied
+    /// before the expiry still get their acks.
     pub async fn on_expiry(&mut self) -> Flow {
         let now = Instant::now();
         let expired: Vec<DocId> = self
