@@ -17,12 +17,20 @@
 //! Bearer <token>` or `?token=<token>`; 401 when missing or invalid), and
 //! [`Principal::require`] turns a refusal into a 403:
 //!
-//! ```ignore
-//! async fn delete(principal: Principal, Path(id): Path<String>, ..) -> Result<_, ApiError> {
+//! ```
+//! use axum::extract::Path;
+//! use folio::auth::{Action, Principal};
+//! use folio::doc::DocId;
+//! use folio::http::ApiError;
+//!
+//! /// `DELETE /docs/{id}`: admins only.
+//! async fn delete(principal: Principal, Path(id): Path<String>) -> Result<(), ApiError> {
 //!     let doc = DocId::parse(&id)?;
 //!     principal.require(Action::Admin, &doc)?;
-//!     ..
+//!     // … delete it …
+//!     Ok(())
 //! }
+//! # let _ = delete;
 //! ```
 
 use std::fmt;
