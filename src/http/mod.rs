@@ -6,6 +6,7 @@ mod api;
 mod error;
 mod metrics;
 mod sse;
+mod web;
 mod ws;
 mod yws;
 
@@ -51,6 +52,12 @@ pub fn app(state: AppState) -> Router {
         .route("/docs/{id}/events", get(sse::doc_events))
         .route("/docs/{id}/text/stream", get(sse::text_stream))
         .route("/events", get(sse::all_events))
+        // The browser pages (web/): demo editor, watcher, replay.
+        .route("/", get(web::home))
+        .route("/d/{*doc}", get(web::editor))
+        .route("/watch/{*doc}", get(web::watch))
+        .route("/replay/{*doc}", get(web::replay))
+        .route("/assets/{file}", get(web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(
