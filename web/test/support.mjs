@@ -143,3 +143,24 @@ export async function runCleanup (cleanup) {
     }
   }
 }
+
+/**
+ * Debian's chromium (`apt-get install chromium`), never a downloaded
+ * browser: $CHROMIUM_PATH or /usr/bin/chromium. Playwright gives every
+ * launch a fresh temporary profile (user data dir) of its own.
+ */
+export async function launchBrowser (cleanup) {
+  const { chromium } = await import('playwright-core')
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'
+    ]
+  })
+  cleanup.push(() => browser.close())
+  return browser
+}
+
+/** Where the browser tests save their screenshots (not committed). */
+export const screenshotDir = path.join(webRoot, 'test-output')
