@@ -4,6 +4,7 @@
 
 mod api;
 mod error;
+mod history;
 mod metrics;
 mod sse;
 mod web;
@@ -14,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +35,26 @@ pub struct AppState {
     /// Tracks WebSocket connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
     pub next_connection_id: Arc<AtomicU64>,
+    /// Bounds the replay streams running at once (see `history::MAX_REPLAYS`).
+    pub replays: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The state of a server over `registry` with `config`.
+    pub fn new(
+        registry: Arc<DocRegistry>,
+        config: ServeConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            config: Arc::new(config),
+            shutdown,
+            connections: TaskTracker::new(),
+            next_connection_id: Arc::new(AtomicU64::new(1)),
+            replays: Arc::new(tokio::sync::Semaphore::new(history::MAX_REPLAYS)),
+        }
+    }
 }
 
 /// The router. Tests can drive it directly; `server::run` serves it.
@@ -46,6 +67,18 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/docs", get(api::list_docs))
+        .route("/docs/{id}", put(api::create_doc).delete(api::delete_doc))
+        .route("/docs/{id}/copy", post(api::copy_doc))
+        .route(
+            "/docs/{id}/versions",
+            get(history::list_versions).post(history::create_version),
+        )
+        .route("/docs/{id}/versions/{v}/text", get(history::version_text))
+        .route("/docs/{id}/versions/{v}/state", get(history::version_state))
+        .route("/docs/{id}/at", get(history::at))
+        .route("/docs/{id}/diff", get(history::diff))
+        .route("/docs/{id}/replay", get(history::replay))
+        .route("/docs/{id}/restore", post(history::restore))
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))

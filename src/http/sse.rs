@@ -39,7 +39,7 @@ pub struct ResumeQuery {
     docs: Option<String>,
 }
 
-fn last_event_id(headers: &HeaderMap, query: &ResumeQuery) -> Option<String> {
+pub(super) fn last_event_id(headers: &HeaderMap, query: &ResumeQuery) -> Option<String> {
     headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -67,7 +67,7 @@ fn sse_event(hub: &FeedHub, e: &FeedEvent, n: u64) -> Event {
 }
 
 /// Wraps a stream with keep-alives and the headers proxies need.
-fn respond<S>(app: &AppState, stream: S) -> Response
+pub(super) fn respond<S>(app: &AppState, stream: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -88,7 +88,7 @@ where
 }
 
 /// The reconnect hint, sent once as a comment-only event at the start.
-fn retry_hint(app: &AppState) -> Event {
+pub(super) fn retry_hint(app: &AppState) -> Event {
     Event::default()
         .retry(Duration::from_millis(app.config.sse_retry_ms))
         .comment("folio")

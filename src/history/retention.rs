@@ -1,0 +1,251 @@
+//! Retention: which versions to keep as they age, and merging old log
+//! entries so history costs less disk.
+//!
+//! The policy (all ages relative to `now`):
+//! - younger than `keep_all`: every version and every log entry is kept;
+//! - younger than `hourly_for`: the newest version of each clock hour;
+//! - older: the newest version of each day (UTC).
+//!
+//! Labelled versions and the newest version are always kept. Log entries
+//! older than `keep_all` are merged into one entry per run of the same
+//! author within the same hour (or day, past `hourly_for`), never across a
+//! kept version, so every kept version stays an exact point of the log and
+//! the latest state is untouched (merging Yjs updates loses no content).
+//! Points inside a merged run are gone: reading one gives the run's start.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use super::HistoryError;
+use crate::doc::DocId;
+use crate::store::{DocStore, LogEntry, WriteOp};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// Log entries read at a time while planning.
+const READ_CHUNK: usize = 4096;
+/// Most entries merged into one; a longer run is cut into several, so one
+/// merge never holds more than this in memory.
+const MAX_RUN_ENTRIES: usize = 10_000;
+/// Most bytes of updates merged into one entry.
+const MAX_RUN_BYTES: usize = 8 * 1024 * 1024;
+/// Log changes per [`WriteOp::Compact`], so one write batch stays bounded.
+const MAX_LOG_CHANGES_PER_OP: usize = 20_000;
+
+/// How long history is kept at full detail, then hourly, then daily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep every version and log entry younger than this.
+    pub keep_all: Duration,
+    /// Then the newest version per hour until this age; daily after.
+    pub hourly_for: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            keep_all: Duration::from_secs(24 * 3600),
+            hourly_for: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl RetentionPolicy {
+    /// The bucket a record made at `time_ms` falls in, or `None` if it is
+    /// young enough to keep as is.
+    fn bucket(&self, time_ms: i64, now_ms: i64) -> Option<(u8, i64)> {
+        let age = now_ms.saturating_sub(time_ms);
+        if age < ms(self.keep_all) {
+            None
+        } else if age < ms(self.hourly_for) {
+            Some((0, time_ms.div_euclid(HOUR_MS)))
+        } else {
+            Some((1, time_ms.div_euclid(DAY_MS)))
+        }
+    }
+}
+
+/// What one compaction did (or would do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CompactStats {
+    pub versions_kept: u64,
+    pub versions_removed: u64,
+    /// Log entries before and after merging.
+    pub log_entries_before: u64,
+    pub log_entries_after: u64,
+}
+
+/// Plans the compaction of `doc` at `now_ms`: the writes that apply the
+/// policy. Reads the log in bounded chunks; the ops carry at most
+/// [`MAX_LOG_CHANGES_PER_OP`] log changes each.
+///
+/// # Errors
+/// Storage failures; a stored update that does not merge.
+pub fn plan(
+    store: &dyn DocStore,
+    doc: &DocId,
+    policy: &RetentionPolicy,
+    now_ms: i64,
+) -> Result<(Vec<WriteOp>, CompactStats), HistoryError> {
+    let mut stats = CompactStats::default();
+    let versions = store.versions(doc)?;
+    let newest = versions.last().map(|(seq, _)| *seq);
+    // Per bucket, the newest unlabelled version in it: kept.
+    let mut newest_in_bucket: HashMap<(u8, i64), u64> = HashMap::new();
+    for (seq, v) in &versions {
+        if let Some(bucket) = policy.bucket(v.time_ms, now_ms) {
+            if v.label.is_empty() {
+                newest_in_bucket.insert(bucket, *seq);
+            }
+        }
+    }
+    let mut kept = BTreeSet::new();
+    let mut remove_versions = Vec::new();
+    for (seq, v) in &versions {
+        let keep = !v.label.is_empty()
+            || Some(*seq) == newest
+            || match policy.bucket(v.time_ms, now_ms) {
+                None => true,
+                Some(bucket) => newest_in_bucket.get(&bucket) == Some(seq),
+            };
+        if keep {
+            kept.insert(*seq);
+        } else {
+            remove_versions.push(*seq);
+        }
+    }
+    stats.versions_kept = kept.len() as u64;
+    stats.versions_removed = remove_versions.len() as u64;
+
+    let mut ops = Vec::new();
+    let mut merger = Merger {
+        doc,
+        run: Vec::new(),
+        run_bytes: 0,
+        remove_log: Vec::new(),
+        put_log: Vec::new(),
+        ops: &mut ops,
+    };
+    let mut run_key: Option<(String, (u8, i64))> = None;
+    let mut after = 0u64;
+    loop {
+        let entries = store.log_range(doc, after, u64::MAX, READ_CHUNK)?;
+        let Some((last, _)) = entries.last() else {
+            break;
+        };
+        after = *last;
+        for (seq, entry) in entries {
+            stats.log_entries_before += 1;
+            let Some(bucket) = policy.bucket(entry.time_ms, now_ms) else {
+                // Young: this and everything after stays as is.
+                merger.end_run()?;
+                run_key = None;
+                stats.log_entries_after += 1;
+                continue;
+            };
+            let key = (entry.author.clone(), bucket);
+            if run_key.as_ref() != Some(&key)
+                || merger.run.len() >= MAX_RUN_ENTRIES
+                || merger.run_bytes + entry.update.len() > MAX_RUN_BYTES
+            {
+                merger.end_run()?;
+                run_key = Some(key);
+            }
+            merger.run_bytes += entry.update.len();
+            merger.run.push((seq, entry));
+            // A kept version must stay an exact point: runs end at it.
+            if kept.contains(&seq) {
+                merger.end_run()?;
+                run_key = None;
+            }
+        }
+    }
+    merger.end_run()?;
+    merger.flush();
+    stats.log_entries_after = stats.log_entries_before - removed_entries(&ops);
+    if !remove_versions.is_empty() {
+        ops.push(WriteOp::Compact {
+            doc: doc.clone(),
+            remove_log: Vec::new(),
+            put_log: Vec::new(),
+            remove_versions,
+        });
+    }
+    Ok((ops, stats))
+}
+
+fn removed_entries(ops: &[WriteOp]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Compact { remove_log, .. } => remove_log.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Gathers runs of entries and turns each into one merged entry.
+struct Merger<'a> {
+    doc: &'a DocId,
+    run: Vec<(u64, LogEntry)>,
+    run_bytes: usize,
+    remove_log: Vec<u64>,
+    put_log: Vec<(u64, LogEntry)>,
+    ops: &'a mut Vec<WriteOp>,
+}
+
+impl Merger<'_> {
+    fn end_run(&mut self) -> Result<(), HistoryError> {
+        let run = std::mem::take(&mut self.run);
+        self.run_bytes = 0;
+        if run.len() < 2 {
+            return Ok(());
+        }
+        let updates: Vec<&[u8]> = run.iter().map(|(_, e)| &e.update[..]).collect();
+        let (first_seq, first) = &run[0];
+        let Some((last_seq, last)) = run.last() else {
+            return Ok(());
+        };
+        let merged = yrs::merge_updates_v1(&updates).map_err(|e| HistoryError::Corrupt {
+            doc: self.doc.clone(),
+            seq: *last_seq,
+            detail: format!("merging log entries: {e}"),
+        })?;
+        let first_seq = if first.first_seq != 0 {
+            first.first_seq
+        } else {
+            *first_seq
+        };
+        self.remove_log
+            .extend(run[..run.len() - 1].iter().map(|(seq, _)| *seq));
+        self.put_log.push((
+            *last_seq,
+            LogEntry {
+                time_ms: last.time_ms,
+                author: last.author.clone(),
+                update: merged.into(),
+                first_seq,
+            },
+        ));
+        if self.remove_log.len() >= MAX_LOG_CHANGES_PER_OP {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if self.remove_log.is_empty() && self.put_log.is_empty() {
+            return;
+        }
+        self.ops.push(WriteOp::Compact {
+            doc: self.doc.clone(),
+            remove_log: std::mem::take(&mut self.remove_log),
+            put_log: std::mem::take(&mut self.put_log),
+            remove_versions: Vec::new(),
+        });
+    }
+}
