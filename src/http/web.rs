@@ -55,7 +55,10 @@ static ASSETS: LazyLock<HashMap<String, Asset>> = LazyLock::new(|| {
             let hash = file.metadata.sha256_hash();
             let etag = format!(
                 "\"{}\"",
-                hash[..12].iter().map(|b| format!("{b:02x}")).collect::<String>()
+                hash[..12]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             );
             let content_type = if mime.starts_with("text/") || mime.ends_with("javascript") {
                 format!("{mime}; charset=utf-8")
@@ -108,7 +111,8 @@ fn serve(path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
                 let mut parts = coding.split(';');
                 let name = parts.next().unwrap_or("").trim();
                 // `gzip;q=0` means "not gzip".
-                let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+                let refused =
+                    parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
                 name.eq_ignore_ascii_case("gzip") && !refused
             });
         match (&asset.gzip, accepts_gzip) {

@@ -10,7 +10,7 @@ import { EditorView, drawSelection, keymap, placeholder } from '@codemirror/view
 import { yCollab } from 'y-codemirror.next'
 import * as Y from 'yjs'
 
-import { FolioClient, FolioProvider, TEXT_NAME } from '../src/index.js'
+import { ErrorCode, FolioClient, FolioProvider, TEXT_NAME } from '../src/index.js'
 import type { ConnectionState, SaveStatus } from '../src/index.js'
 import { byId, colorFor, docFromPath, linkPages, pagePath, personItem, validDocId, el } from './common.js'
 
@@ -108,6 +108,7 @@ renderConnection(client.state)
 const savedBadge = byId('saved')
 function renderSaved (status: SaveStatus): void {
   const unsaved = provider.unsavedUpdates
+  if (provider.deleted) return
   savedBadge.dataset.state = status
   savedBadge.textContent = status === 'saved'
     ? 'Saved'
@@ -116,6 +117,12 @@ function renderSaved (status: SaveStatus): void {
       : unsaved > 0 ? `Offline: ${unsaved} unsaved change${unsaved === 1 ? '' : 's'}` : 'Offline'
 }
 provider.on('status', ({ status }) => renderSaved(status))
+provider.on('error', (error) => {
+  if (error.code === ErrorCode.DOC_DELETED) {
+    savedBadge.dataset.state = 'offline'
+    savedBadge.textContent = 'This document was deleted'
+  }
+})
 ydoc.on('afterTransaction', () => renderSaved(provider.status))
 renderSaved(provider.status)
 

@@ -86,6 +86,8 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
   #status: SaveStatus = 'offline'
   #retryTimer: ReturnType<typeof setTimeout> | null = null
   #muteAwareness = false
+  /** The document was deleted on the server: do not bring it back by resubscribing. */
+  #deleted = false
 
   #onDocUpdate = (update: Uint8Array, origin: unknown): void => {
     if (origin === this) return
@@ -137,6 +139,11 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
     return this.#subscription === 'live'
   }
 
+  /** Whether the server said the document was deleted (`DOC_DELETED`); nothing is sent since. */
+  get deleted (): boolean {
+    return this.#deleted
+  }
+
   /** The current save status. */
   get status (): SaveStatus {
     return this.#status
@@ -151,6 +158,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
   connect (): void {
     if (this.#bound) return
     this.#bound = true
+    this.#deleted = false
     this.client.bind(this)
     this.#updateStatus()
   }
@@ -238,7 +246,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
 
   /** Sends Subscribe with the local state vector. */
   #subscribe (): void {
-    if (!this.#bound || !this.client.online) return
+    if (!this.#bound || !this.client.online || this.#deleted) return
     this.#requeueInflight()
     this.#subscription = 'pending'
     this.client.send({
@@ -290,6 +298,16 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
           this.#subscribe()
         }
         break
+      case ErrorCode.DOC_DELETED:
+        // Resubscribing would recreate the document from our copy: stop
+        // here, and let the application decide (disconnect() + connect()
+        // starts following the id again).
+        if (update !== undefined) this.#pending.unshift(update)
+        this.#deleted = true
+        this.#subscription = 'none'
+        this.#requeueInflight()
+        this.#setSynced(false)
+        break
       case ErrorCode.INVALID_UPDATE:
         // Never resend the same bytes: resync, and the diff after Synced
         // carries whatever the server really lacks.
@@ -340,7 +358,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
 
   #updateStatus (): void {
     let status: SaveStatus
-    if (!this.#bound || !this.client.online) status = 'offline'
+    if (!this.#bound || !this.client.online || this.#deleted) status = 'offline'
     else if (this.#synced && this.unsavedUpdates === 0) status = 'saved'
     else status = 'saving'
     if (status === this.#status) return

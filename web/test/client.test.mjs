@@ -97,14 +97,14 @@ test('one connection follows several documents independently', async () => {
   for (const [i, id] of ['multi/a', 'multi/b', 'multi/c'].entries()) {
     assert.equal(await serverText(server, id), `doc ${i}`)
   }
-  const list = await (await fetch(`${server.http}/docs`)).json()
+  const list = (await (await fetch(`${server.http}/docs?prefix=multi/`)).json()).docs
   assert.deepEqual(list.filter((d) => d.id.startsWith('multi/')).map((d) => d.subscribers), [1, 1, 1])
   assert.equal(onlines, 1, 'one WebSocket, one handshake')
 
   // Unbinding one document leaves the others followed.
   docs[1].provider.destroy()
   await waitFor('b unsubscribed', async () => {
-    const now = await (await fetch(`${server.http}/docs`)).json()
+    const now = (await (await fetch(`${server.http}/docs?prefix=multi/`)).json()).docs
     return now.find((d) => d.id === 'multi/b').subscribers === 0
   })
   docs[0].text.insert(0, '>')
@@ -174,4 +174,24 @@ test('a server that stops answering pings is dropped and reconnected to', { time
   server.child.kill('SIGCONT')
   await waitFor('reconnected and saved', () => client.online && a.provider.status === 'saved')
   assert.equal(await serverText(server, 'ping'), 'typed while frozen')
+})
+
+test('a deleted document is not brought back by the provider', async () => {
+  const server = await startServer(tempDir(cleanup))
+  cleanup.push(() => server.stop())
+  const a = editor(nodeClient(server, 'deleter', cleanup), 'doomed', cleanup)
+  a.text.insert(0, 'short-lived')
+  await waitFor('saved', () => a.provider.status === 'saved')
+  const errors = []
+  a.provider.on('error', (e) => errors.push(e.code))
+
+  const resp = await fetch(`${server.http}/docs/doomed`, { method: 'DELETE' })
+  assert.equal(resp.status, 204)
+  await waitFor('the deletion to reach the provider', () => a.provider.deleted)
+  assert.equal(a.provider.status, 'offline')
+  a.text.insert(0, 'still typing ')
+  await sleep(200)
+  assert.equal(await serverText(server, 'doomed'), null, 'nothing recreated the document')
+  assert.equal(a.provider.unsavedUpdates, 1)
+  assert.ok(errors.length >= 1)
 })
