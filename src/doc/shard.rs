@@ -671,7 +671,12 @@ impl DocShard {
     pub fn close_deleted(&self) {
         let mut st = self.state.lock();
         st.closed = true;
-        for member in st.members.drain(..) {
+        for member in std::mem::take(&mut st.members) {
+            for client in &member.awareness_clients {
+                st.awareness.remove_state(*client);
+                // Watchers see everyone leave.
+                self.feed.presence(client.get(), None);
+            }
             member
                 .peer
                 .mark_dropped(self.id.clone(), DropReason::Deleted);

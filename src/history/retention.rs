@@ -122,7 +122,18 @@ pub fn plan(
     stats.versions_kept = kept.len() as u64;
     stats.versions_removed = remove_versions.len() as u64;
 
+    // Versions go first: until the log is merged, a removed version's point
+    // still exists; the other way round, a crash between the two writes
+    // would leave versions whose points are gone.
     let mut ops = Vec::new();
+    if !remove_versions.is_empty() {
+        ops.push(WriteOp::Compact {
+            doc: doc.clone(),
+            remove_log: Vec::new(),
+            put_log: Vec::new(),
+            remove_versions,
+        });
+    }
     let mut merger = Merger {
         doc,
         run: Vec::new(),
@@ -142,10 +153,9 @@ pub fn plan(
         for (seq, entry) in entries {
             stats.log_entries_before += 1;
             let Some(bucket) = policy.bucket(entry.time_ms, now_ms) else {
-                // Young: this and everything after stays as is.
+                // Young: kept as is.
                 merger.end_run()?;
                 run_key = None;
-                stats.log_entries_after += 1;
                 continue;
             };
             let key = (entry.author.clone(), bucket);
@@ -168,14 +178,6 @@ pub fn plan(
     merger.end_run()?;
     merger.flush();
     stats.log_entries_after = stats.log_entries_before - removed_entries(&ops);
-    if !remove_versions.is_empty() {
-        ops.push(WriteOp::Compact {
-            doc: doc.clone(),
-            remove_log: Vec::new(),
-            put_log: Vec::new(),
-            remove_versions,
-        });
-    }
     Ok((ops, stats))
 }
 
@@ -247,5 +249,154 @@ impl Merger<'_> {
             put_log: std::mem::take(&mut self.put_log),
             remove_versions: Vec::new(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{check, rebuild, versions};
+    use crate::store::{SledStore, Snapshot, Version, VersionKind};
+    use yrs::{ReadTxn, StateVector, Text, Transact};
+
+    const NOW: i64 = 1_800_000_000_000;
+    const MIN_MS: i64 = 60_000;
+
+    /// One entry per `(time, author, label)`, each typing a letter at the
+    /// end, each with a version (and snapshot) after it.
+    fn history(store: &SledStore, doc: &DocId, entries: &[(i64, &str, &str)]) {
+        let ydoc = crate::doc::new_doc();
+        let text = ydoc.get_or_insert_text(crate::doc::TEXT_NAME);
+        let mut ops = vec![WriteOp::Create {
+            doc: doc.clone(),
+            time_ms: entries[0].0,
+        }];
+        for (i, (time_ms, author, label)) in entries.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let update = {
+                let mut txn = ydoc.transact_mut();
+                let len = text.len(&txn);
+                text.insert(
+                    &mut txn,
+                    len,
+                    &char::from(b'a' + (i % 26) as u8).to_string(),
+                );
+                txn.encode_update_v1()
+            };
+            ops.push(WriteOp::Append {
+                doc: doc.clone(),
+                seq,
+                entry: LogEntry {
+                    time_ms: *time_ms,
+                    author: (*author).to_owned(),
+                    update: update.into(),
+                    first_seq: 0,
+                },
+                text_len: seq,
+            });
+            ops.push(WriteOp::Snapshot {
+                doc: doc.clone(),
+                seq,
+                snapshot: Snapshot {
+                    time_ms: *time_ms,
+                    state: ydoc
+                        .transact()
+                        .encode_diff_v1(&StateVector::default())
+                        .into(),
+                },
+                version: Version {
+                    time_ms: *time_ms,
+                    kind: VersionKind::Auto as i32,
+                    label: (*label).to_owned(),
+                    text_len: seq,
+                    authors: vec![(*author).to_owned()],
+                },
+            });
+        }
+        store.write(&ops).expect("write history");
+    }
+
+    #[test]
+    fn retention_keeps_what_the_policy_says_and_every_crash_point_is_consistent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let doc = DocId::parse("kept").expect("id");
+        // A UTC day 40 days back (daily) and an hour 5 days back (hourly).
+        let day = (NOW - 40 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+        let hour = (NOW - 5 * DAY_MS).div_euclid(HOUR_MS) * HOUR_MS;
+        let entries = [
+            (day + HOUR_MS, "ann", "first draft"),   // 1: labelled: kept
+            (day + 2 * HOUR_MS, "ann", ""),          // 2: thinned, merged into 3
+            (day + 3 * HOUR_MS, "ann", ""),          // 3: newest of its day: kept
+            (day + DAY_MS + HOUR_MS, "ann", ""),     // 4: thinned, merged into 5
+            (day + DAY_MS + 2 * HOUR_MS, "ann", ""), // 5: newest of its day: kept
+            (hour + MIN_MS, "ann", ""),              // 6: thinned; alone (author changes)
+            (hour + 2 * MIN_MS, "bob", ""),          // 7: thinned; alone
+            (hour + 3 * MIN_MS, "ann", ""),          // 8: newest of its hour: kept
+            (hour + HOUR_MS + MIN_MS, "ann", ""),    // 9: newest of its hour: kept
+            (NOW - HOUR_MS, "bob", ""),              // 10: young: kept
+            (NOW - 30 * MIN_MS, "bob", ""),          // 11: young, newest: kept
+        ];
+        history(&store, &doc, &entries);
+        let latest = rebuild(&store, &doc, u64::MAX).expect("rebuild").text();
+        let texts_before: Vec<String> = (0..=11)
+            .map(|seq| rebuild(&store, &doc, seq).expect("rebuild").text())
+            .collect();
+
+        let policy = RetentionPolicy {
+            keep_all: Duration::from_secs(24 * 3600),
+            hourly_for: Duration::from_secs(30 * 24 * 3600),
+        };
+        let (ops, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
+        assert_eq!(stats.versions_removed, 4);
+        assert_eq!(stats.versions_kept, 7);
+        assert_eq!((stats.log_entries_before, stats.log_entries_after), (11, 9));
+        // Apply one op at a time, as a crash between any two would leave it:
+        // every prefix is a consistent store.
+        for (i, op) in ops.iter().enumerate() {
+            store.write(std::slice::from_ref(op)).expect("write");
+            let report = check(&store, &doc).expect("check");
+            assert!(
+                report.problems.is_empty(),
+                "after op {i}: {:?}",
+                report.problems
+            );
+            assert_eq!(
+                rebuild(&store, &doc, u64::MAX).expect("rebuild").text(),
+                latest
+            );
+            assert_eq!(
+                rebuild(&store, &doc, 1).expect("rebuild").text(),
+                texts_before[1]
+            );
+        }
+        let kept: Vec<u64> = versions(&store, &doc)
+            .expect("versions")
+            .iter()
+            .map(|v| v.seq)
+            .collect();
+        assert_eq!(kept, vec![1, 3, 5, 8, 9, 10, 11]);
+        // Kept versions are exact; points merged away give the run's start.
+        for seq in [1, 3, 5, 6, 7, 8, 9, 10, 11] {
+            let at = rebuild(&store, &doc, seq).expect("rebuild");
+            assert_eq!(
+                (at.seq, at.text()),
+                (seq, texts_before[seq as usize].clone())
+            );
+        }
+        for (merged, start) in [(2, 1), (4, 3)] {
+            let at = rebuild(&store, &doc, merged).expect("rebuild");
+            assert_eq!(
+                (at.seq, at.text()),
+                (start, texts_before[start as usize].clone())
+            );
+        }
+        let merged = store.log_range(&doc, 2, 3, 10).expect("log");
+        assert_eq!(merged.len(), 1);
+        assert_eq!((merged[0].0, merged[0].1.first_seq), (3, 2));
+        // A second pass finds nothing more to do.
+        let (again, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(stats.versions_removed, 0);
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 use prost::Message;
+use sled::Transactional;
 
 use super::{
     DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Version, WriteOp,
@@ -134,17 +135,42 @@ impl SledStore {
         })
     }
 
-    /// Removes every record of `doc` (not yet flushed).
+    /// Removes every record of `doc` in one sled transaction (not yet
+    /// flushed), so a crash leaves the document whole or gone, never a
+    /// history without its summary or the other way round.
     fn delete_records(&self, doc: &DocId) -> Result<(), StoreError> {
-        for tree in [&self.log, &self.snapshots, &self.versions] {
-            let mut batch = sled::Batch::default();
-            for k in tree.range(prefix(doc)..end_of(doc)).keys() {
-                batch.remove(k?);
-            }
-            tree.apply_batch(batch)?;
-        }
-        self.docs.remove(doc.as_str())?;
-        Ok(())
+        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            Ok(tree
+                .range(prefix(doc)..end_of(doc))
+                .keys()
+                .collect::<Result<_, _>>()?)
+        };
+        let (log, snapshots, versions) = (
+            keys(&self.log)?,
+            keys(&self.snapshots)?,
+            keys(&self.versions)?,
+        );
+        (&self.log, &self.snapshots, &self.versions, &self.docs)
+            .transaction(|(log_tx, snap_tx, ver_tx, docs_tx)| {
+                for k in &log {
+                    log_tx.remove(k)?;
+                }
+                for k in &snapshots {
+                    snap_tx.remove(k)?;
+                }
+                for k in &versions {
+                    ver_tx.remove(k)?;
+                }
+                docs_tx.remove(doc.as_str())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: doc.to_string(),
+                    detail: "delete aborted".to_owned(),
+                },
+            })
     }
 
     fn read_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
@@ -155,12 +181,14 @@ impl SledStore {
     }
 }
 
-/// Writes gathered from a run of ops, one batch per tree. Applied snapshots
-/// before versions, so a version never exists without its state, and
-/// everything before the metas, so a listed document has its records.
+/// Writes gathered from a run of ops, one batch per tree. Whatever a crash
+/// between two batches leaves, a version never lacks its state: removed
+/// versions go before their snapshots, new snapshots before their versions.
+/// Metas go last, so a listed document has its records.
 #[derive(Default)]
 struct Pending {
     log: sled::Batch,
+    drop_versions: sled::Batch,
     snapshots: sled::Batch,
     versions: sled::Batch,
     metas: HashMap<DocId, DocMeta>,
@@ -169,6 +197,7 @@ struct Pending {
 impl Pending {
     fn apply(self, store: &SledStore) -> Result<(), StoreError> {
         store.log.apply_batch(self.log)?;
+        store.versions.apply_batch(self.drop_versions)?;
         store.snapshots.apply_batch(self.snapshots)?;
         store.versions.apply_batch(self.versions)?;
         let mut docs = sled::Batch::default();
@@ -287,7 +316,7 @@ impl DocStore for SledStore {
                         batch.log.insert(key(doc, *seq), entry.encode_to_vec());
                     }
                     for seq in remove_versions {
-                        batch.versions.remove(key(doc, *seq));
+                        batch.drop_versions.remove(key(doc, *seq));
                         batch.snapshots.remove(key(doc, *seq));
                     }
                 }
@@ -431,6 +460,7 @@ mod tests {
                 time_ms: 1,
                 author: "t".into(),
                 update: vec![byte].into(),
+                first_seq: 0,
             },
             text_len: seq,
         }

@@ -3,7 +3,9 @@
 //! per area; helpers live in `support`.
 
 mod bad_input;
+mod cli;
 mod durability;
+mod history;
 mod http2;
 mod http_api;
 mod metrics;
