@@ -115,6 +115,13 @@ async function show (seq: number): Promise<void> {
   renderPosition()
 }
 
+/** Forgets a scrub still waiting or loading, so it cannot overwrite what replaced it. */
+function cancelScrub (): void {
+  if (scrubTimer !== null) clearTimeout(scrubTimer)
+  scrubTimer = null
+  scrubToken++
+}
+
 slider.addEventListener('input', () => {
   stop()
   renderPosition()
@@ -138,6 +145,7 @@ playButton.addEventListener('click', () => {
     say('Paused', 'past')
     return
   }
+  cancelScrub()
   let from = Number(slider.value)
   if (from >= latestSeq) from = 0
   let text = ''
@@ -182,6 +190,7 @@ playButton.addEventListener('click', () => {
 restoreButton.addEventListener('click', async () => {
   const v = versionAt(Number(slider.value))
   if (v === undefined) return
+  cancelScrub()
   restoreButton.disabled = true
   const resp = await fetch(apiPath(doc, '/restore'), {
     method: 'POST',
