@@ -13,4 +13,5 @@ mod sse;
 mod support;
 mod sync;
 mod traces;
+mod web;
 mod yjs;
