@@ -162,6 +162,12 @@ pub struct RetentionArgs {
     /// Then one version per hour until this age in seconds; one per day after.
     #[arg(long, env = "FOLIO_HISTORY_HOURLY_SECS", default_value_t = 30 * 24 * 3600)]
     pub history_hourly_secs: u64,
+
+    /// Keep a thinned version's snapshot where dropping it would leave more
+    /// than this many updates between snapshots (bounds the time to read a
+    /// past point).
+    #[arg(long, env = "FOLIO_HISTORY_SNAPSHOT_GAP", default_value_t = 10_000)]
+    pub history_snapshot_gap: u64,
 }
 
 impl Default for RetentionArgs {
@@ -170,6 +176,7 @@ impl Default for RetentionArgs {
         Self {
             history_keep_all_secs: policy.keep_all.as_secs(),
             history_hourly_secs: policy.hourly_for.as_secs(),
+            history_snapshot_gap: policy.max_snapshot_gap,
         }
     }
 }
@@ -180,6 +187,7 @@ impl RetentionArgs {
         RetentionPolicy {
             keep_all: Duration::from_secs(self.history_keep_all_secs),
             hourly_for: Duration::from_secs(self.history_hourly_secs),
+            max_snapshot_gap: self.history_snapshot_gap,
         }
     }
 }

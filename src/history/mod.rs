@@ -106,18 +106,25 @@ fn apply_bytes(target: &Doc, doc: &DocId, seq: u64, bytes: &[u8]) -> Result<(), 
     }
 }
 
-/// Applies log entries in order. Merged into one update first, a chunk
-/// applies several times faster than entry by entry.
+/// Applies log entries in order, in one transaction: several times faster
+/// than a transaction each, and much faster than merging them first
+/// (`merge_updates_v1` grows worse than linearly with the count).
 fn apply_chunk(target: &Doc, doc: &DocId, entries: &[(u64, LogEntry)]) -> Result<(), HistoryError> {
-    let updates: Vec<&[u8]> = entries.iter().map(|(_, e)| &e.update[..]).collect();
-    let last = entries.last().map_or(0, |(seq, _)| *seq);
-    match yrs::merge_updates_v1(&updates) {
-        Ok(merged) => apply_bytes(target, doc, last, &merged),
-        // Find the entry at fault.
-        Err(_) => entries
-            .iter()
-            .try_for_each(|(seq, entry)| apply_bytes(target, doc, *seq, &entry.update)),
+    let mut txn = target.transact_mut();
+    for (seq, entry) in entries {
+        let corrupt = |detail: String| HistoryError::Corrupt {
+            doc: doc.clone(),
+            seq: *seq,
+            detail,
+        };
+        let update = decode_guarded(|| Update::decode_v1(&entry.update)).map_err(corrupt)?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| txn.apply_update(update))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(corrupt(e.to_string())),
+            Err(_) => return Err(corrupt("panic while applying".to_owned())),
+        }
     }
+    Ok(())
 }
 
 /// The stored summary of `doc`.

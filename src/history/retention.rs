@@ -40,6 +40,10 @@ pub struct RetentionPolicy {
     pub keep_all: Duration,
     /// Then the newest version per hour until this age; daily after.
     pub hourly_for: Duration,
+    /// A thinned version's snapshot stays where removing it would leave
+    /// more than this many updates between snapshots: reading a past point
+    /// replays at most about this many updates.
+    pub max_snapshot_gap: u64,
 }
 
 impl Default for RetentionPolicy {
@@ -47,6 +51,7 @@ impl Default for RetentionPolicy {
         Self {
             keep_all: Duration::from_secs(24 * 3600),
             hourly_for: Duration::from_secs(30 * 24 * 3600),
+            max_snapshot_gap: 10_000,
         }
     }
 }
@@ -75,6 +80,8 @@ impl RetentionPolicy {
 pub struct CompactStats {
     pub versions_kept: u64,
     pub versions_removed: u64,
+    /// Snapshots of removed versions kept to bound the gap between snapshots.
+    pub snapshots_kept: u64,
     /// Log entries before and after merging.
     pub log_entries_before: u64,
     pub log_entries_after: u64,
@@ -121,6 +128,34 @@ pub fn plan(
     }
     stats.versions_kept = kept.len() as u64;
     stats.versions_removed = remove_versions.len() as u64;
+    // Snapshots of removed versions go too, except where the gap between
+    // the snapshots left would grow past the policy's bound.
+    // Greedy: a removed version's snapshot stays only if skipping it would
+    // leave more than the bound between the last snapshot kept and the next
+    // candidate.
+    let mut remove_snapshots = Vec::new();
+    let mut snapshot_at = 0u64;
+    for (i, (seq, _)) in versions.iter().enumerate() {
+        if kept.contains(seq) {
+            snapshot_at = *seq;
+            continue;
+        }
+        let next = versions.get(i + 1).map_or(u64::MAX, |(s, _)| *s);
+        if next.saturating_sub(snapshot_at) > policy.max_snapshot_gap {
+            snapshot_at = *seq;
+            stats.snapshots_kept += 1;
+        } else {
+            remove_snapshots.push(*seq);
+        }
+    }
+    // Runs of merged log entries end at every snapshot left, too, so each
+    // stays an exact point.
+    let mut boundaries = kept.clone();
+    boundaries.extend(
+        remove_versions
+            .iter()
+            .filter(|s| remove_snapshots.binary_search(s).is_err()),
+    );
 
     // Versions go first: until the log is merged, a removed version's point
     // still exists; the other way round, a crash between the two writes
@@ -132,6 +167,7 @@ pub fn plan(
             remove_log: Vec::new(),
             put_log: Vec::new(),
             remove_versions,
+            remove_snapshots,
         });
     }
     let mut merger = Merger {
@@ -168,8 +204,8 @@ pub fn plan(
             }
             merger.run_bytes += entry.update.len();
             merger.run.push((seq, entry));
-            // A kept version must stay an exact point: runs end at it.
-            if kept.contains(&seq) {
+            // A kept version or snapshot must stay an exact point: runs end at it.
+            if boundaries.contains(&seq) {
                 merger.end_run()?;
                 run_key = None;
             }
@@ -188,6 +224,24 @@ fn removed_entries(ops: &[WriteOp]) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+/// Updates merged at once; more are merged in rounds.
+const MERGE_FAN_IN: usize = 128;
+
+/// Merges updates into one. `merge_updates_v1` costs more than linearly in
+/// the count, so large runs are merged `MERGE_FAN_IN` at a time, then the
+/// results, and so on.
+fn merge_in_rounds(updates: &[&[u8]]) -> Result<Vec<u8>, yrs::encoding::read::Error> {
+    if updates.len() <= MERGE_FAN_IN {
+        return yrs::merge_updates_v1(updates);
+    }
+    let partial = updates
+        .chunks(MERGE_FAN_IN)
+        .map(yrs::merge_updates_v1)
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&[u8]> = partial.iter().map(Vec::as_slice).collect();
+    merge_in_rounds(&refs)
 }
 
 /// Gathers runs of entries and turns each into one merged entry.
@@ -212,7 +266,7 @@ impl Merger<'_> {
         let Some((last_seq, last)) = run.last() else {
             return Ok(());
         };
-        let merged = yrs::merge_updates_v1(&updates).map_err(|e| HistoryError::Corrupt {
+        let merged = merge_in_rounds(&updates).map_err(|e| HistoryError::Corrupt {
             doc: self.doc.clone(),
             seq: *last_seq,
             detail: format!("merging log entries: {e}"),
@@ -248,6 +302,7 @@ impl Merger<'_> {
             remove_log: std::mem::take(&mut self.remove_log),
             put_log: std::mem::take(&mut self.put_log),
             remove_versions: Vec::new(),
+            remove_snapshots: Vec::new(),
         });
     }
 }
@@ -346,6 +401,7 @@ mod tests {
         let policy = RetentionPolicy {
             keep_all: Duration::from_secs(24 * 3600),
             hourly_for: Duration::from_secs(30 * 24 * 3600),
+            max_snapshot_gap: u64::MAX,
         };
         let (ops, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
         assert_eq!(stats.versions_removed, 4);
@@ -398,5 +454,42 @@ mod tests {
         let (again, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(stats.versions_removed, 0);
+    }
+
+    #[test]
+    fn thinning_keeps_snapshots_where_gaps_would_grow_too_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let doc = DocId::parse("gaps").expect("id");
+        let day = (NOW - 40 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+        let entries: Vec<(i64, &str, &str)> =
+            (1..=11).map(|i| (day + i * MIN_MS, "ann", "")).collect();
+        history(&store, &doc, &entries);
+        let latest = rebuild(&store, &doc, u64::MAX).expect("rebuild").text();
+        let policy = RetentionPolicy {
+            max_snapshot_gap: 3,
+            ..RetentionPolicy::default()
+        };
+        let (ops, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
+        store.write(&ops).expect("write");
+        // One day, one version: the newest. Snapshots stay every 3 updates.
+        assert_eq!((stats.versions_kept, stats.versions_removed), (1, 10));
+        assert_eq!(stats.snapshots_kept, 3);
+        let snapshots: Vec<u64> = (1..=11)
+            .filter_map(|seq| store.snapshot_at_or_before(&doc, seq).expect("read"))
+            .map(|(at, _)| at)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(snapshots, vec![3, 6, 9, 11]);
+        // Runs end at each snapshot left: 1-3, 4-6, 7-9, 10-11.
+        assert_eq!(stats.log_entries_after, 4);
+        assert_eq!(rebuild(&store, &doc, 5).expect("rebuild").seq, 3);
+        assert_eq!(
+            rebuild(&store, &doc, u64::MAX).expect("rebuild").text(),
+            latest
+        );
+        let report = check(&store, &doc).expect("check");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }

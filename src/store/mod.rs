@@ -85,8 +85,11 @@ pub enum WriteOp {
         remove_log: Vec<u64>,
         /// Merged entries, each under the last `seq` it covers.
         put_log: Vec<(u64, LogEntry)>,
-        /// Versions (and their snapshots) to remove.
+        /// Version records to remove.
         remove_versions: Vec<u64>,
+        /// Snapshots to remove (a removed version's, unless kept to bound
+        /// the distance between snapshots).
+        remove_snapshots: Vec<u64>,
     },
     /// Nothing to write: completes once everything queued before it is durable.
     Barrier,

@@ -307,6 +307,7 @@ impl DocStore for SledStore {
                     remove_log,
                     put_log,
                     remove_versions,
+                    remove_snapshots,
                     ..
                 } => {
                     for seq in remove_log {
@@ -317,6 +318,8 @@ impl DocStore for SledStore {
                     }
                     for seq in remove_versions {
                         batch.drop_versions.remove(key(doc, *seq));
+                    }
+                    for seq in remove_snapshots {
                         batch.snapshots.remove(key(doc, *seq));
                     }
                 }
