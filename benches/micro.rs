@@ -120,6 +120,7 @@ fn append(c: &mut Criterion, f: &Fixture) {
                         time_ms: 0,
                         author: "bench".into(),
                         update: f.updates[i % f.updates.len()].clone(),
+                        first_seq: 0,
                     },
                     text_len: seq,
                 }

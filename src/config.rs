@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::AuthSecret;
 use crate::doc::ShardSettings;
 use crate::feed::FeedSettings;
+use crate::history::retention::RetentionPolicy;
 
 /// Settings of `folio serve`. Defaults suit one machine with sled in `./folio-data`.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,6 +27,10 @@ pub struct ServeConfig {
     /// Or after this many seconds with updates since the last snapshot.
     #[arg(long, env = "FOLIO_SNAPSHOT_INTERVAL_SECS", default_value_t = 60)]
     pub snapshot_interval_secs: u64,
+
+    /// Take an "idle" version once a document has had no edit for this many seconds.
+    #[arg(long, env = "FOLIO_VERSION_IDLE_SECS", default_value_t = 30)]
+    pub version_idle_secs: u64,
 
     /// Evict a document from memory after this many seconds without subscribers.
     #[arg(long, env = "FOLIO_EVICT_IDLE_SECS", default_value_t = 30)]
@@ -77,6 +82,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FOLIO_TEXT_STREAM_INTERVAL_MS", default_value_t = 50)]
     pub text_stream_interval_ms: u64,
 
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Apply the retention policy to every document this often, in seconds (0: never).
+    #[arg(long, env = "FOLIO_COMPACT_INTERVAL_SECS", default_value_t = 3600)]
+    pub compact_interval_secs: u64,
+
     /// PEM certificate chain (leaf first). With `--tls-key`, the server speaks
     /// TLS only, offering HTTP/2 and HTTP/1.1 by ALPN; without both, plain
     /// TCP (HTTP/1.1, and HTTP/2 with prior knowledge).
@@ -112,6 +124,7 @@ impl ServeConfig {
             data_dir,
             snapshot_every_updates: 5000,
             snapshot_interval_secs: 60,
+            version_idle_secs: 30,
             evict_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
             max_docs_per_connection: 256,
@@ -124,6 +137,8 @@ impl ServeConfig {
             sse_keepalive_secs: 15,
             sse_retry_ms: 2000,
             text_stream_interval_ms: 50,
+            retention: RetentionArgs::default(),
+            compact_interval_secs: 3600,
             tls_cert: None,
             tls_key: None,
             auth_secret: None,
@@ -146,12 +161,54 @@ impl ServeConfig {
         ShardSettings {
             snapshot_every_updates: self.snapshot_every_updates.max(1),
             snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
+            version_idle: Duration::from_secs(self.version_idle_secs),
         }
     }
 
     /// Idle time before eviction.
     pub fn evict_idle(&self) -> Duration {
         Duration::from_secs(self.evict_idle_secs)
+    }
+}
+
+/// How long history is kept in full, then hourly, then daily (shared by
+/// `folio serve` and `folio compact`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct RetentionArgs {
+    /// Keep every version and log entry younger than this many seconds.
+    #[arg(long, env = "FOLIO_HISTORY_KEEP_ALL_SECS", default_value_t = 24 * 3600)]
+    pub history_keep_all_secs: u64,
+
+    /// Then one version per hour until this age in seconds; one per day after.
+    #[arg(long, env = "FOLIO_HISTORY_HOURLY_SECS", default_value_t = 30 * 24 * 3600)]
+    pub history_hourly_secs: u64,
+
+    /// Keep a thinned version's snapshot where dropping it would leave more
+    /// than this many updates between snapshots (bounds the time to read a
+    /// past point).
+    #[arg(long, env = "FOLIO_HISTORY_SNAPSHOT_GAP", default_value_t = 10_000)]
+    pub history_snapshot_gap: u64,
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        let policy = RetentionPolicy::default();
+        Self {
+            history_keep_all_secs: policy.keep_all.as_secs(),
+            history_hourly_secs: policy.hourly_for.as_secs(),
+            history_snapshot_gap: policy.max_snapshot_gap,
+        }
+    }
+}
+
+impl RetentionArgs {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            keep_all: Duration::from_secs(self.history_keep_all_secs),
+            hourly_for: Duration::from_secs(self.history_hourly_secs),
+            max_snapshot_gap: self.history_snapshot_gap,
+        }
     }
 }
 

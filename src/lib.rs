@@ -16,15 +16,21 @@
 //!   extractor and the `--allowed-origins` check.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
+//! - [`history`]: past states rebuilt from snapshots and the log: versions, points, diffs,
+//!   replay, retention and `folio check`.
+//! - [`cli`]: the offline subcommands (`folio docs`, `export`, `import`, `history`, `replay`,
+//!   `compact`, `check`) over a data dir no server holds.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
 //! - [`trace`]: the editing traces in `../shared/traces`, for tests and benchmarks.
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod doc;
 pub mod feed;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod protocol;

@@ -1,8 +1,14 @@
-//! The `folio` binary: parse the command line, start telemetry, run.
+//! The `folio` binary: parse the command line, start telemetry, run the
+//! server or one offline command (see [`folio::cli`]).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use folio::config::ServeConfig;
+use folio::cli::{self, DataDir, ExportFormat, ImportFormat};
+use folio::config::{RetentionArgs, ServeConfig};
 
 /// Folio: a collaborative text-editing server.
 #[derive(Parser)]
@@ -18,16 +24,160 @@ enum Command {
     Serve(ServeConfig),
     /// Mint an access token (signed with --auth-secret) and print it.
     Token(folio::auth::TokenArgs),
+    /// List the documents of a data dir.
+    Docs {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Only ids starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a document (latest, a version, or as of a time) to stdout or a file.
+    Export {
+        #[command(flatten)]
+        dir: DataDir,
+        doc: String,
+        /// A version id (see `folio history`).
+        #[arg(long, conflicts_with = "at")]
+        version: Option<u64>,
+        /// A time: milliseconds since the epoch or RFC 3339.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Create a document from a text file or a Yjs update.
+    Import {
+        #[command(flatten)]
+        dir: DataDir,
+        doc: String,
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ImportFormat,
+        /// The author recorded for the import.
+        #[arg(long, default_value = "import")]
+        author: String,
+    },
+    /// A document's versions and log size.
+    History {
+        #[command(flatten)]
+        dir: DataDir,
+        doc: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play a document's history as a time-lapse in the terminal.
+    Replay {
+        #[command(flatten)]
+        dir: DataDir,
+        doc: String,
+        /// Times real time; 0 plays without pauses.
+        #[arg(long, default_value_t = 10.0)]
+        speed: f64,
+        /// Start at this seq.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// End at this seq (default: the latest).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Apply the retention policy (thin versions, merge old log entries).
+    Compact {
+        #[command(flatten)]
+        dir: DataDir,
+        /// One document (default: all).
+        doc: Option<String>,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Check that every document rebuilds consistently; print sizes.
+    Check {
+        #[command(flatten)]
+        dir: DataDir,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     folio::telemetry::init();
-    match cli.command {
-        Command::Serve(config) => serve(config),
+    let result = match cli.command {
+        Command::Serve(config) => return exit(serve(config)),
         Command::Token(args) => {
-            println!("{}", args.mint().map_err(anyhow::Error::msg)?);
-            Ok(())
+            return exit(
+                args.mint()
+                    .map(|token| println!("{token}"))
+                    .map_err(anyhow::Error::msg),
+            )
+        }
+        Command::Docs { dir, prefix, json } => cli::docs(&dir, &prefix, json).map(print),
+        Command::Export {
+            dir,
+            doc,
+            version,
+            at,
+            format,
+            out,
+        } => cli::export(&dir, &doc, version, at.as_deref(), format).and_then(|bytes| match out {
+            Some(path) => std::fs::write(&path, bytes).map_err(|source| cli::CliError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+            None => std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|source| cli::CliError::Io {
+                    path: "stdout".to_owned(),
+                    source,
+                }),
+        }),
+        Command::Import {
+            dir,
+            doc,
+            file,
+            format,
+            author,
+        } => cli::import(&dir, &doc, &file, format, &author).map(print),
+        Command::History { dir, doc, json } => cli::history(&dir, &doc, json).map(print),
+        Command::Replay {
+            dir,
+            doc,
+            speed,
+            from,
+            to,
+        } => cli::replay(&dir, &doc, speed, from, to, &mut std::io::stdout().lock()),
+        Command::Compact {
+            dir,
+            doc,
+            retention,
+        } => cli::compact(&dir, doc.as_deref(), &retention).map(print),
+        Command::Check { dir, json } => cli::check(&dir, json, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("folio: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(s: String) {
+    print!("{s}");
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("folio: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -91,6 +91,7 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::DocReloaded, "doc_reloaded"),
     (ErrorCode::SlowConsumer, "slow_consumer"),
     (ErrorCode::Internal, "internal"),
+    (ErrorCode::DocDeleted, "doc_deleted"),
     (ErrorCode::Unauthorized, "unauthorized"),
     (ErrorCode::Forbidden, "forbidden"),
     (ErrorCode::ReadOnly, "read_only"),

@@ -4,14 +4,12 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
@@ -97,18 +95,22 @@ pub async fn run(
         writer_thread,
     } = Storage::open(&config.data_dir, &config)?;
     let cancel = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let state = AppState {
-        registry: registry.clone(),
-        config: Arc::new(config.clone()),
-        shutdown: cancel.clone(),
-        connections: connections.clone(),
-        next_connection_id: Arc::new(AtomicU64::new(1)),
-        auth: auth.clone(),
-    };
+    let state = AppState::new(
+        registry.clone(),
+        config.clone(),
+        cancel.clone(),
+        auth.clone(),
+    );
+    let connections = state.connections.clone();
     let upkeep = tokio::spawn(upkeep_loop(
         registry.clone(),
         config.evict_idle(),
+        cancel.clone(),
+    ));
+    let compaction = tokio::spawn(compaction_loop(
+        registry.clone(),
+        config.retention.policy(),
+        Duration::from_secs(config.compact_interval_secs),
         cancel.clone(),
     ));
     tracing::info!(
@@ -174,6 +176,7 @@ pub async fn run(
         tracing::warn!("connections still open after the grace period");
     }
     let _ = upkeep.await;
+    let _ = compaction.await;
     registry.flush_all().await?;
     // Dropping the last registry handle drops every shard and with them the
     // writer's senders: the writer thread then ends and closes the store,
@@ -200,6 +203,37 @@ async fn upkeep_loop(registry: Arc<DocRegistry>, evict_after: Duration, cancel: 
                 // Snapshot encoding is CPU work on big docs: keep it off the
                 // async workers.
                 let _ = tokio::task::spawn_blocking(move || registry.maintain(evict_after)).await;
+            }
+        }
+    }
+}
+
+/// Applies the retention policy to every document every `period` (never if
+/// zero), one document at a time. A pass cut short by shutdown leaves every
+/// document either compacted or untouched: each write is one batch.
+async fn compaction_loop(
+    registry: Arc<DocRegistry>,
+    policy: crate::history::retention::RetentionPolicy,
+    period: Duration,
+    cancel: CancellationToken,
+) {
+    if period.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let pass = registry.compact_all(policy);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    done = pass => match done {
+                        Ok(n) => tracing::debug!(docs = n, "compaction pass done"),
+                        Err(e) => tracing::warn!(error = %e, "compaction pass failed"),
+                    },
+                }
             }
         }
     }

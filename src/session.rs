@@ -328,6 +328,7 @@ impl Session {
                         ErrorCode::DocReloaded,
                         "document reloaded after an internal fault; subscribe again",
                     ),
+                    DropReason::Deleted => (ErrorCode::DocDeleted, "document deleted"),
                 };
                 crate::metrics::error(code);
                 let frame = protocol::error_frame(doc.as_str(), code, message, 0);
@@ -689,8 +690,12 @@ impl Session {
         tracing::warn!(%doc, error = %e, "could not open document");
         let code = match &e {
             RegistryError::Shard(shard) => shard.code(),
-            RegistryError::Store(_) => ErrorCode::StorageFailure,
-            RegistryError::NotFound(_) | RegistryError::Join(_) => ErrorCode::Internal,
+            RegistryError::Store(_) | RegistryError::Write(_) => ErrorCode::StorageFailure,
+            RegistryError::Deleting(_) => ErrorCode::DocDeleted,
+            RegistryError::NotFound(_)
+            | RegistryError::Join(_)
+            | RegistryError::AlreadyExists(_)
+            | RegistryError::History(_) => ErrorCode::Internal,
         };
         self.error(doc.as_str(), code, e.to_string(), 0).await
     }

@@ -58,6 +58,9 @@ use crate::store::{Durable, WriteFailed};
 /// outside 4400-4499, so each of these is followed by a resync.
 pub mod close {
     pub use crate::doc::CLOSE_DOC_RELOADED as DOC_RELOADED;
+    /// The document was deleted (`DELETE /docs/{id}`); reconnecting starts
+    /// a new, empty document of that name.
+    pub const DOC_DELETED: u16 = 4004;
     pub use crate::session::close::{
         GOING_AWAY, INVALID_PAYLOAD, MESSAGE_TOO_BIG, UNSUPPORTED_DATA,
     };
@@ -261,6 +264,7 @@ impl YSession {
                 "fell behind the document; reconnect to resync",
             ),
             DropReason::Reloaded => close_with(close::DOC_RELOADED, "document reloaded"),
+            DropReason::Deleted => close_with(close::DOC_DELETED, "document deleted"),
         }
     }
 
@@ -533,7 +537,10 @@ impl YSession {
                 close_with(close::DOC_RELOADED, "document reloaded")
             }
             ShardError::ShuttingDown => close_with(close::GOING_AWAY, "server shutting down"),
-            ShardError::AlreadySubscribed | ShardError::Corrupt(_) => {
+            ShardError::AlreadySubscribed
+            | ShardError::Corrupt(_)
+            | ShardError::NotEmpty
+            | ShardError::Busy => {
                 tracing::error!(doc = %self.doc, error = %e, "document fault");
                 close_with(close::INTERNAL_ERROR, "internal error")
             }

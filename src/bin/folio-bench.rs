@@ -82,9 +82,9 @@ struct Cli {
 }
 
 /// Processes the tool starts of itself, so each is measured alone.
-// Parsed once per process: the size of the Serve variant does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
+// Parsed once per process: the size of the `Serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Internal {
     /// Run a Folio server (the same code as `folio serve`).
     #[command(hide = true)]

@@ -32,6 +32,8 @@ pub enum DropReason {
     SlowConsumer,
     /// The shard was poisoned and will be reloaded from disk.
     Reloaded,
+    /// The document was deleted.
+    Deleted,
 }
 
 /// Why a frame could not be queued.

@@ -14,7 +14,11 @@ use tokio::sync::OnceCell;
 use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
 use super::DocId;
 use crate::feed::FeedHub;
-use crate::store::{now_ms, DocMeta, DocStore, StoreError, StoreWriter, WriteOp};
+use crate::history::retention::{self, CompactStats, RetentionPolicy};
+use crate::history::HistoryError;
+use crate::store::{
+    now_ms, DocMeta, DocStore, StoreError, StoreWriter, Version, VersionKind, WriteFailed, WriteOp,
+};
 
 /// Times a lookup retries when it finds a shard that just closed. Closing
 /// needs an idle period, so a second retry is already unlikely; the bound
@@ -32,6 +36,25 @@ pub enum RegistryError {
     Shard(#[from] ShardError),
     #[error("storage task failed: {0}")]
     Join(String),
+    #[error("document {0} already exists")]
+    AlreadyExists(DocId),
+    #[error("document {0} is being deleted; try again")]
+    Deleting(DocId),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("write failed: {0}")]
+    Write(#[from] WriteFailed),
+}
+
+/// What a new document starts with.
+#[derive(Debug, Clone)]
+pub enum Initial {
+    /// Nothing.
+    Empty,
+    /// This text, typed by the creator.
+    Text(String),
+    /// This Yjs v1 update (a copy of another document's state).
+    State(bytes::Bytes),
 }
 
 #[derive(Default)]
@@ -61,6 +84,8 @@ pub struct DocRegistry {
     writer: StoreWriter,
     settings: ShardSettings,
     feeds: FeedHub,
+    /// Documents being deleted: no load may start or finish meanwhile.
+    deleting: DashMap<DocId, ()>,
 }
 
 impl DocRegistry {
@@ -78,6 +103,7 @@ impl DocRegistry {
             writer,
             settings,
             feeds,
+            deleting: DashMap::new(),
         }
     }
 
@@ -137,6 +163,9 @@ impl DocRegistry {
     /// # Errors
     /// Not found, storage failures, or a corrupt stored document.
     pub async fn get(&self, id: &DocId, create: bool) -> Result<Arc<DocShard>, RegistryError> {
+        if self.deleting.contains_key(id) {
+            return Err(RegistryError::Deleting(id.clone()));
+        }
         if !create && self.resident_shard(id).is_none() && !self.exists_on_disk(id).await? {
             return Err(RegistryError::NotFound(id.clone()));
         }
@@ -183,6 +212,10 @@ impl DocRegistry {
         let stored = tokio::task::spawn_blocking(move || store.load(&key))
             .await
             .map_err(|e| RegistryError::Join(e.to_string()))??;
+        // A delete that started while we read: what we read is going away.
+        if self.deleting.contains_key(id) {
+            return Err(RegistryError::Deleting(id.clone()));
+        }
         let created = stored.is_none();
         let text_len = stored.as_ref().map_or(0, |s| s.meta.text_len);
         let feed = self.feeds.feed(id, || text_len);
@@ -209,6 +242,188 @@ impl DocRegistry {
         }
         tracing::debug!(doc = %id, "document loaded");
         Ok(Arc::new(shard))
+    }
+
+    /// Creates `id` with `initial` content authored by `author`, and a first
+    /// version of `kind` labelled `label`. Answers once all of it is durable.
+    ///
+    /// # Errors
+    /// [`RegistryError::AlreadyExists`] if the document exists (or got
+    /// content meanwhile); storage failures.
+    pub async fn create(
+        &self,
+        id: &DocId,
+        initial: Initial,
+        author: &str,
+        kind: VersionKind,
+        label: String,
+    ) -> Result<Arc<DocShard>, RegistryError> {
+        if self.exists(id).await? {
+            return Err(RegistryError::AlreadyExists(id.clone()));
+        }
+        let shard = self.get(id, true).await?;
+        let exists = |e: ShardError| match e {
+            ShardError::NotEmpty => RegistryError::AlreadyExists(id.clone()),
+            e => e.into(),
+        };
+        let durable = match initial {
+            Initial::Empty => None,
+            Initial::Text(text) => shard
+                .set_text(&text, author, Some((kind, label)), true)
+                .await
+                .map_err(exists)?,
+            Initial::State(update) => Some(
+                shard
+                    .apply_initial(update, author, kind, label)
+                    .await
+                    .map_err(exists)?,
+            ),
+        };
+        if let Some((applied, version)) = durable {
+            applied
+                .durable
+                .await
+                .map_err(|_| ShardError::ShuttingDown)??;
+            if let Some(version) = version {
+                version.await.map_err(|_| ShardError::ShuttingDown)??;
+            }
+        }
+        // The creation record itself.
+        self.writer
+            .barrier()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        Ok(shard)
+    }
+
+    /// Deletes `id`: closes its shard (subscribers are told), removes every
+    /// record, and answers once that is durable. Loads of `id` fail with
+    /// [`RegistryError::Deleting`] meanwhile.
+    ///
+    /// # Errors
+    /// Not found, a delete already running, storage failures.
+    pub async fn delete(&self, id: &DocId) -> Result<(), RegistryError> {
+        if !self.exists(id).await? {
+            return Err(RegistryError::NotFound(id.clone()));
+        }
+        if self.deleting.insert(id.clone(), ()).is_some() {
+            return Err(RegistryError::Deleting(id.clone()));
+        }
+        let result = async {
+            self.close_deleted(id);
+            let permit = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?;
+            // Queued after every update the closed shard accepted.
+            permit
+                .send(WriteOp::Delete { doc: id.clone() })
+                .await
+                .map_err(|_| ShardError::ShuttingDown)??;
+            // A load that raced the first close.
+            self.close_deleted(id);
+            Ok::<(), RegistryError>(())
+        }
+        .await;
+        self.deleting.remove(id);
+        if result.is_ok() {
+            self.feeds.feed(id, || 0).lifecycle("deleted");
+            tracing::info!(doc = %id, "document deleted");
+        }
+        result
+    }
+
+    fn close_deleted(&self, id: &DocId) {
+        if let Some((_, slot)) = self.slots.remove(id) {
+            if let Some(shard) = slot.shard.get() {
+                shard.close_deleted();
+            }
+        }
+    }
+
+    /// Takes a version of `id` now, labelled `label`.
+    ///
+    /// # Errors
+    /// Not found, storage failures.
+    pub async fn save_version(
+        &self,
+        id: &DocId,
+        label: String,
+    ) -> Result<(u64, Version), RegistryError> {
+        let shard = self.get(id, false).await?;
+        let (seq, version, durable) = shard.save_version(VersionKind::Manual, label).await?;
+        durable.await.map_err(|_| ShardError::ShuttingDown)??;
+        Ok((seq, version))
+    }
+
+    /// Applies the retention policy to `id`'s history. The writes queue
+    /// behind live updates; answers once they are durable.
+    ///
+    /// # Errors
+    /// Storage failures; a stored update that does not merge.
+    pub async fn compact(
+        &self,
+        id: &DocId,
+        policy: RetentionPolicy,
+    ) -> Result<CompactStats, RegistryError> {
+        // Whatever was acknowledged is readable before planning.
+        self.writer
+            .barrier()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let (store, key) = (self.store.clone(), id.clone());
+        let (ops, stats) = tokio::task::spawn_blocking(move || {
+            retention::plan(store.as_ref(), &key, &policy, now_ms())
+        })
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let mut last = None;
+        for op in ops {
+            let permit = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?;
+            last = Some(permit.send(op));
+        }
+        if let Some(durable) = last {
+            durable.await.map_err(|_| ShardError::ShuttingDown)??;
+        }
+        Ok(stats)
+    }
+
+    /// Compacts every stored document, one at a time. Returns how many it
+    /// compacted and the totals.
+    ///
+    /// # Errors
+    /// Listing failed; a document that fails is logged and skipped.
+    pub async fn compact_all(&self, policy: RetentionPolicy) -> Result<usize, RegistryError> {
+        /// Documents listed at a time.
+        const PAGE: usize = 256;
+        let mut after: Option<String> = None;
+        let mut done = 0;
+        loop {
+            let (store, from) = (self.store.clone(), after.clone());
+            let page =
+                tokio::task::spawn_blocking(move || store.list_page("", from.as_deref(), PAGE))
+                    .await
+                    .map_err(|e| RegistryError::Join(e.to_string()))??;
+            let Some((last, _)) = page.last() else {
+                return Ok(done);
+            };
+            after = Some(last.to_string());
+            for (id, _) in page {
+                match self.compact(&id, policy).await {
+                    Ok(stats) => {
+                        done += 1;
+                        tracing::debug!(doc = %id, ?stats, "compacted");
+                    }
+                    Err(RegistryError::Shard(ShardError::ShuttingDown)) => return Ok(done),
+                    Err(e) => tracing::warn!(doc = %id, error = %e, "compaction failed"),
+                }
+            }
+        }
     }
 
     /// One upkeep pass over every resident shard: time-based snapshots and
@@ -249,33 +464,39 @@ impl DocRegistry {
         self.writer.barrier().await
     }
 
-    /// Every document, stored or resident, with live figures where resident.
+    /// Up to `limit` documents whose id starts with `prefix`, after the id
+    /// `after`, in id order, with live figures where resident; and the
+    /// cursor for the next page (`None` on the last).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn list(&self) -> Result<Vec<DocInfo>, RegistryError> {
-        let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.list())
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<DocInfo>, Option<String>), RegistryError> {
+        // Resident documents whose creation is still queued show up too.
+        self.writer
+            .barrier()
             .await
-            .map_err(|e| RegistryError::Join(e.to_string()))??;
-        let mut out: Vec<DocInfo> = stored
-            .into_iter()
-            .map(|(id, meta)| self.describe(&id, &meta))
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let (store, prefix) = (self.store.clone(), prefix.to_owned());
+        let mut page = tokio::task::spawn_blocking(move || {
+            store.list_page(&prefix, after.as_deref(), limit.saturating_add(1))
+        })
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more
+            .then(|| page.last().map(|(id, _)| id.to_string()))
+            .flatten();
+        let docs = page
+            .iter()
+            .map(|(id, meta)| self.describe(id, meta))
             .collect();
-        // Resident documents whose creation is still queued.
-        for entry in &self.slots {
-            if let Some(shard) = entry.value().shard.get() {
-                if out
-                    .binary_search_by(|d| d.id.as_str().cmp(entry.key().as_str()))
-                    .is_err()
-                {
-                    let watchers = self.feeds.watchers(entry.key());
-                    out.push(describe_resident(entry.key(), &shard.info(), watchers));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok((docs, next))
     }
 
     fn describe(&self, id: &DocId, meta: &DocMeta) -> DocInfo {
@@ -319,6 +540,7 @@ mod tests {
         let settings = ShardSettings {
             snapshot_every_updates: 100,
             snapshot_interval: Duration::from_secs(60),
+            version_idle: Duration::from_secs(60),
         };
         let feeds = FeedHub::new(
             1,

@@ -16,21 +16,21 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use yrs::sync::{Awareness, AwarenessUpdate};
 use yrs::types::text::TextEvent;
-use yrs::types::Delta;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Any, ClientID, Doc, GetString, Observable, OffsetKind, Options, Out, ReadTxn, StateVector,
-    StickyIndex, Text, TextRef, Transact, TransactionMut, Update,
+    ClientID, Doc, GetString, Observable, OffsetKind, Options, ReadTxn, StateVector, StickyIndex,
+    Text, TextRef, Transact, TransactionMut, Update,
 };
 
 use super::peer::{DropReason, Peer, SendError, Wire};
 use super::DocId;
-use crate::feed::delta::Op;
+use crate::feed::delta::{self, Op};
 use crate::feed::{DocFeed, Edit, Presence};
 use crate::protocol::{self, server_message::Kind, v1, ysync, ErrorCode};
 use crate::store::{
-    now_ms, Durable, LogEntry, Snapshot, StoreWriter, StoredDoc, WriteOp, WritePermit,
+    now_ms, Durable, LogEntry, Snapshot, StoreWriter, StoredDoc, Version, VersionKind, WriteFailed,
+    WriteOp, WritePermit,
 };
 
 /// The root `Y.Text` every Folio client uses for a document's text.
@@ -43,7 +43,13 @@ pub struct ShardSettings {
     pub snapshot_every_updates: u64,
     /// Or after this long with updates since the last snapshot.
     pub snapshot_interval: Duration,
+    /// Or once the document has had no edit for this long (an "idle" version).
+    pub version_idle: Duration,
 }
+
+/// Most authors a version lists; later ones are left out (the log still
+/// attributes every update).
+pub const MAX_VERSION_AUTHORS: usize = 32;
 
 /// Why a shard refused an operation. The operation changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,12 @@ pub enum ShardError {
     ShuttingDown,
     #[error("stored document is corrupt: {0}")]
     Corrupt(String),
+    /// The document is not new: it already has updates.
+    #[error("document already has content")]
+    NotEmpty,
+    /// The document changed under a server-side edit too often to apply it.
+    #[error("document keeps changing; try again")]
+    Busy,
 }
 
 impl ShardError {
@@ -83,7 +95,7 @@ impl ShardError {
             Self::SlowConsumer => ErrorCode::SlowConsumer,
             Self::Closed => ErrorCode::DocReloaded,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
-            Self::Corrupt(_) => ErrorCode::Internal,
+            Self::Corrupt(_) | Self::NotEmpty | Self::Busy => ErrorCode::Internal,
         }
     }
 }
@@ -114,6 +126,12 @@ struct ShardState {
     updates_since_snapshot: u64,
     last_snapshot_at: Instant,
     last_change_ms: i64,
+    last_change_at: Instant,
+    /// Authors since the last version, in order of first edit, at most
+    /// [`MAX_VERSION_AUTHORS`].
+    authors_since_version: Vec<Arc<str>>,
+    /// The newest version and its seq, so a label on it keeps its summary.
+    last_version: Option<(u64, Version)>,
     members: Vec<Member>,
     /// When the last member left; `None` while anyone is subscribed.
     idle_since: Option<Instant>,
@@ -148,7 +166,7 @@ pub struct ShardInfo {
     pub last_change_ms: i64,
 }
 
-fn new_doc() -> Doc {
+pub(crate) fn new_doc() -> Doc {
     // UTF-16 offsets, like Yjs in the browser, so lengths and positions match
     // what JavaScript clients see.
     Doc::with_options(Options {
@@ -184,11 +202,16 @@ impl DocShard {
     ) -> Result<Self, ShardError> {
         let doc = new_doc();
         let text = doc.get_or_insert_text(TEXT_NAME);
-        let (last_seq, last_change_ms, updates_since_snapshot) = match stored {
-            None => (0, now_ms(), 0),
+        let (last_seq, last_change_ms, updates_since_snapshot, last_version) = match stored {
+            None => (0, now_ms(), 0, None),
             Some(stored) => {
                 let last_seq = stored.last_seq();
                 let pending = stored.log.len() as u64;
+                let last_version = stored
+                    .snapshot
+                    .as_ref()
+                    .zip(stored.version.clone())
+                    .map(|((seq, _), v)| (*seq, v));
                 let states = stored
                     .snapshot
                     .iter()
@@ -209,7 +232,7 @@ impl DocShard {
                         }
                     }
                 }
-                (last_seq, stored.meta.updated_ms, pending)
+                (last_seq, stored.meta.updated_ms, pending, last_version)
             }
         };
         // Observed after loading, so replaying the log costs no deltas.
@@ -220,7 +243,7 @@ impl DocShard {
             "folio-feed",
             move |txn: &TransactionMut, event: &TextEvent| {
                 if wanted.load(Ordering::Relaxed) {
-                    *slot.lock() = event.delta(txn).iter().map(delta_op).collect();
+                    *slot.lock() = event.delta(txn).iter().map(delta::from_yrs).collect();
                 }
             },
         );
@@ -233,6 +256,9 @@ impl DocShard {
                 updates_since_snapshot,
                 last_snapshot_at: Instant::now(),
                 last_change_ms,
+                last_change_at: Instant::now(),
+                authors_since_version: Vec::new(),
+                last_version,
                 members: Vec::new(),
                 idle_since: Some(Instant::now()),
                 full_state: None,
@@ -427,6 +453,21 @@ impl DocShard {
                 durable: permit.send(WriteOp::Barrier),
             });
         }
+        Ok(self.commit(&mut st, permit, update, author, counts, want_delta, from))
+    }
+
+    /// Logs, publishes and broadcasts an update just applied to the doc.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        st: &mut ShardState,
+        permit: WritePermit<'_>,
+        update: Bytes,
+        author: &str,
+        counts: (u32, u32),
+        want_delta: bool,
+        from: Option<u64>,
+    ) -> Applied {
         let text_len = {
             let txn = st.awareness.doc().transact();
             u64::from(st.text.len(&txn))
@@ -438,6 +479,12 @@ impl DocShard {
         self.feed.edit(author, delta, counts, text_len, seq);
         let time_ms = now_ms();
         st.last_change_ms = time_ms;
+        st.last_change_at = Instant::now();
+        if st.authors_since_version.len() < MAX_VERSION_AUTHORS
+            && !st.authors_since_version.iter().any(|a| &**a == author)
+        {
+            st.authors_since_version.push(author.into());
+        }
         st.full_state = None;
         st.updates_since_snapshot += 1;
         let durable = permit.send(WriteOp::Append {
@@ -447,17 +494,193 @@ impl DocShard {
                 time_ms,
                 author: author.to_owned(),
                 update: update.clone(),
+                first_seq: 0,
             },
             text_len,
         });
-        self.broadcast(&mut st, &Broadcast::Update { update, seq }, from);
+        self.broadcast(st, &Broadcast::Update { update, seq }, from);
         if st.updates_since_snapshot >= self.settings.snapshot_every_updates {
-            self.snapshot_locked(&mut st);
+            self.snapshot_locked(st, VersionKind::Auto);
         }
-        Ok(Applied {
+        Applied {
             doc_seq: seq,
             durable,
-        })
+        }
+    }
+
+    /// Turns the text into `target` with one update authored `author` (a
+    /// restore, or a document's initial text), live for every subscriber.
+    /// The edits are a character diff of the two texts, so concurrent
+    /// editors' cursors outside the changed ranges stay put. With `version`,
+    /// a version of that kind and label is taken right after. Returns `None`
+    /// if the text already was `target`.
+    ///
+    /// # Errors
+    /// [`ShardError::Busy`] if the document kept changing while the diff was
+    /// computed; [`ShardError::NotEmpty`] with `only_if_new` on a document
+    /// that has updates; closed or shutting down.
+    pub async fn set_text(
+        &self,
+        target: &str,
+        author: &str,
+        version: Option<(VersionKind, String)>,
+        only_if_new: bool,
+    ) -> Result<Option<(Applied, Option<Durable>)>, ShardError> {
+        /// Attempts before giving up on a document that changes under us.
+        const ATTEMPTS: usize = 4;
+        for _ in 0..ATTEMPTS {
+            let (current, seen_seq) = {
+                let st = self.state.lock();
+                if st.closed {
+                    return Err(ShardError::Closed);
+                }
+                if only_if_new && st.last_seq > 0 {
+                    return Err(ShardError::NotEmpty);
+                }
+                let txn = st.awareness.doc().transact();
+                (st.text.get_string(&txn), st.last_seq)
+            };
+            // The diff can take a while on a long text: not under the lock.
+            let ops = delta::between(&current, target);
+            if ops.is_empty() {
+                return Ok(None);
+            }
+            let permit = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?;
+            let version_permit = match &version {
+                Some(_) => Some(
+                    self.writer
+                        .reserve()
+                        .await
+                        .map_err(|_| ShardError::ShuttingDown)?,
+                ),
+                None => None,
+            };
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(ShardError::Closed);
+            }
+            if st.last_seq != seen_seq {
+                continue;
+            }
+            let want_delta = self.feed.wants_deltas();
+            st.want_delta.store(want_delta, Ordering::Relaxed);
+            let (update, counts) = {
+                let text = st.text.clone();
+                let mut txn = st.awareness.doc().transact_mut();
+                let counts = delta::apply_to_text(&ops, &text, &mut txn);
+                (Bytes::from(txn.encode_update_v1()), counts)
+            };
+            let applied = self.commit(&mut st, permit, update, author, counts, want_delta, None);
+            let saved = version_permit
+                .zip(version)
+                .map(|(permit, (kind, label))| self.snapshot_with(&mut st, permit, kind, label));
+            return Ok(Some((applied, saved)));
+        }
+        Err(ShardError::Busy)
+    }
+
+    /// Applies `update` as the first content of a new document, then takes
+    /// a version of `kind` labelled `label` (a copy of another document).
+    ///
+    /// # Errors
+    /// [`ShardError::NotEmpty`] if the document already has updates; an
+    /// invalid update; closed or shutting down.
+    pub async fn apply_initial(
+        &self,
+        update: Bytes,
+        author: &str,
+        kind: VersionKind,
+        label: String,
+    ) -> Result<(Applied, Option<Durable>), ShardError> {
+        let decoded =
+            decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
+        let permit = self
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let version_permit = self
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        if st.last_seq > 0 {
+            return Err(ShardError::NotEmpty);
+        }
+        let counts = (
+            id_set_len(&decoded.insertions(false)),
+            id_set_len(decoded.delete_set()),
+        );
+        let want_delta = self.feed.wants_deltas();
+        st.want_delta.store(want_delta, Ordering::Relaxed);
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            st.awareness.doc().transact_mut().apply_update(decoded)
+        }));
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.poison(&mut st);
+                return Err(ShardError::InvalidUpdate(e.to_string()));
+            }
+            Err(_) => {
+                self.poison(&mut st);
+                return Err(ShardError::InvalidUpdate("panic while applying".to_owned()));
+            }
+        }
+        let applied = self.commit(&mut st, permit, update, author, counts, want_delta, None);
+        let saved = self.snapshot_with(&mut st, version_permit, kind, label);
+        Ok((applied, Some(saved)))
+    }
+
+    /// Takes a version of the document as it is now, labelled `label` (empty:
+    /// none). If the newest version is at the current seq already, labels
+    /// that one instead of taking another. Returns its seq, its summary and
+    /// when it is durable.
+    ///
+    /// # Errors
+    /// Closed or shutting down.
+    pub async fn save_version(
+        &self,
+        kind: VersionKind,
+        label: String,
+    ) -> Result<(u64, Version, Durable), ShardError> {
+        let permit = self
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)?;
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        let durable = self.snapshot_with(&mut st, permit, kind, label);
+        let (seq, version) = st.last_version.clone().unwrap_or_default();
+        Ok((seq, version, durable))
+    }
+
+    /// Closes the shard because its document is being deleted: every
+    /// subscriber is dropped with [`DropReason::Deleted`].
+    pub fn close_deleted(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        for member in std::mem::take(&mut st.members) {
+            for client in &member.awareness_clients {
+                st.awareness.remove_state(*client);
+                // Watchers see everyone leave.
+                self.feed.presence(client.get(), None);
+            }
+            member
+                .peer
+                .mark_dropped(self.id.clone(), DropReason::Deleted);
+        }
     }
 
     /// Applies a y-protocols awareness update from subscriber `from` and
@@ -574,8 +797,12 @@ impl DocShard {
         }
         let idle = st.idle_since.is_some_and(|t| t.elapsed() >= evict_after);
         let dirty = st.updates_since_snapshot > 0;
-        if dirty && (idle || st.last_snapshot_at.elapsed() >= self.settings.snapshot_interval) {
-            self.snapshot_locked(&mut st);
+        if dirty {
+            if idle || st.last_change_at.elapsed() >= self.settings.version_idle {
+                self.snapshot_locked(&mut st, VersionKind::Idle);
+            } else if st.last_snapshot_at.elapsed() >= self.settings.snapshot_interval {
+                self.snapshot_locked(&mut st, VersionKind::Auto);
+            }
         }
         if idle && st.updates_since_snapshot == 0 {
             // Everything queued for this doc reaches disk before any reload:
@@ -597,19 +824,27 @@ impl DocShard {
         };
         let mut st = self.state.lock();
         if st.updates_since_snapshot > 0 {
-            self.snapshot_with(&mut st, permit);
+            drop(self.snapshot_with(&mut st, permit, VersionKind::Shutdown, String::new()));
         }
     }
 
-    fn snapshot_locked(&self, st: &mut ShardState) {
+    fn snapshot_locked(&self, st: &mut ShardState, kind: VersionKind) {
         // Never wait under the lock: if the queue is full, try again on the
         // next update or the next maintenance pass.
         if let Some(permit) = self.writer.try_reserve() {
-            self.snapshot_with(st, permit);
+            drop(self.snapshot_with(st, permit, kind, String::new()));
         }
     }
 
-    fn snapshot_with(&self, st: &mut ShardState, permit: WritePermit<'_>) {
+    /// Queues a snapshot and its version. At the seq of the newest version,
+    /// rewrites that version with `label` (if one is given) instead.
+    fn snapshot_with(
+        &self,
+        st: &mut ShardState,
+        permit: WritePermit<'_>,
+        kind: VersionKind,
+        label: String,
+    ) -> Durable {
         let state = match &st.full_state {
             Some(full) => full.clone(),
             None => Bytes::from(
@@ -621,26 +856,58 @@ impl DocShard {
         };
         st.full_state = Some(state.clone());
         let seq = st.last_seq;
+        let time_ms = now_ms();
+        let version = match st.last_version.take() {
+            Some((at, mut v)) if at == seq => {
+                if !label.is_empty() {
+                    v.label = label;
+                }
+                v
+            }
+            _ => {
+                let text_len = {
+                    let txn = st.awareness.doc().transact();
+                    u64::from(st.text.len(&txn))
+                };
+                Version {
+                    time_ms,
+                    kind: kind as i32,
+                    label,
+                    text_len,
+                    authors: st
+                        .authors_since_version
+                        .drain(..)
+                        .map(|a| a.to_string())
+                        .collect(),
+                }
+            }
+        };
+        st.last_version = Some((seq, version.clone()));
         let durable = permit.send(WriteOp::Snapshot {
             doc: self.id.clone(),
             seq,
-            snapshot: Snapshot {
-                time_ms: now_ms(),
-                state,
-            },
+            snapshot: Snapshot { time_ms, state },
+            version,
         });
-        // If the snapshot fails, the log still holds every update and the
-        // next snapshot tries again; watchers hear of the ones that land.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let feed = self.feed.clone();
-            rt.spawn(async move {
-                if let Ok(Ok(())) = durable.await {
-                    feed.saved(seq);
-                }
-            });
-        }
         st.updates_since_snapshot = 0;
         st.last_snapshot_at = Instant::now();
+        // If the snapshot fails, the log still holds every update and the
+        // next snapshot tries again; watchers hear of the ones that land.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return durable;
+        };
+        let (done, relayed) = tokio::sync::oneshot::channel();
+        let feed = self.feed.clone();
+        rt.spawn(async move {
+            let result = durable
+                .await
+                .unwrap_or_else(|_| Err(WriteFailed(Arc::from("the store writer stopped"))));
+            if result.is_ok() {
+                feed.saved(seq);
+            }
+            let _ = done.send(result);
+        });
+        relayed
     }
 
     /// Sends `msg` to every member but `except`, encoded once per wire. A
@@ -773,16 +1040,6 @@ fn id_set_len(set: &yrs::IdSet) -> u32 {
         .sum()
 }
 
-/// A yrs text delta as a feed delta. Embeds count as one U+FFFC character.
-fn delta_op(d: &Delta) -> Op {
-    match d {
-        Delta::Inserted(Out::Any(Any::String(s)), _) => Op::Insert(s.to_string()),
-        Delta::Inserted(_, _) => Op::Insert("\u{FFFC}".to_owned()),
-        Delta::Deleted(n) => Op::Delete(*n),
-        Delta::Retain(n, _) => Op::Retain(*n),
-    }
-}
-
 /// The `user` part of `client`'s awareness state, or `None` if it has none.
 /// The cursor is the selection head, as a number or a Yjs relative position
 /// (as y-codemirror and y-prosemirror send), turned into a text index.
@@ -840,6 +1097,7 @@ mod tests {
         ShardSettings {
             snapshot_every_updates: 3,
             snapshot_interval: Duration::from_secs(60),
+            version_idle: Duration::from_secs(60),
         }
     }
 

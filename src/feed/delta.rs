@@ -51,7 +51,7 @@ fn trim(mut ops: Vec<Op>) -> Vec<Op> {
 
 /// Splits the first `n` UTF-16 units off `s`, never inside a surrogate pair
 /// (a delta never splits one, so `n` always falls on a boundary).
-fn split_utf16(s: &str, n: u32) -> (String, String) {
+pub(crate) fn split_utf16(s: &str, n: u32) -> (String, String) {
     let mut units = 0u32;
     for (i, ch) in s.char_indices() {
         if units >= n {
@@ -243,6 +243,65 @@ impl Summary {
         self.from = both(self.from, later.from, u32::min);
         self.to = both(self.to, later.to, u32::max);
     }
+}
+
+/// A yrs text delta op as a feed op. Embeds count as one U+FFFC character.
+pub fn from_yrs(d: &yrs::types::Delta) -> Op {
+    use yrs::types::Delta;
+    match d {
+        Delta::Inserted(yrs::Out::Any(yrs::Any::String(s)), _) => Op::Insert(s.to_string()),
+        Delta::Inserted(_, _) => Op::Insert("\u{FFFC}".to_owned()),
+        Delta::Deleted(n) => Op::Delete(*n),
+        Delta::Retain(n, _) => Op::Retain(*n),
+    }
+}
+
+/// A delta that turns `old` into `new`: a character diff, so text both
+/// share stays in place (and with it, other editors' cursors). Gives up on
+/// finding the smallest diff after a second on huge, unlike texts; the
+/// delta is still correct then, only larger.
+pub fn between(old: &str, new: &str) -> Vec<Op> {
+    let diff = similar::TextDiff::configure()
+        .algorithm(similar::Algorithm::Myers)
+        .timeout(std::time::Duration::from_secs(1))
+        .diff_chars(old, new);
+    let mut ops = Vec::new();
+    for change in diff.iter_all_changes() {
+        let value = change.value();
+        match change.tag() {
+            similar::ChangeTag::Equal => push(&mut ops, Op::Retain(utf16_len(value))),
+            similar::ChangeTag::Delete => push(&mut ops, Op::Delete(utf16_len(value))),
+            similar::ChangeTag::Insert => push(&mut ops, Op::Insert(value.to_owned())),
+        }
+    }
+    trim(ops)
+}
+
+/// Applies `delta` to a Y.Text inside `txn`. Returns the UTF-16 units
+/// inserted and deleted.
+pub fn apply_to_text(
+    delta: &[Op],
+    text: &yrs::TextRef,
+    txn: &mut yrs::TransactionMut,
+) -> (u32, u32) {
+    use yrs::Text;
+    let (mut at, mut inserted, mut deleted) = (0u32, 0u32, 0u32);
+    for op in delta {
+        match op {
+            Op::Retain(n) => at += n,
+            Op::Delete(n) => {
+                text.remove_range(txn, at, *n);
+                deleted += n;
+            }
+            Op::Insert(s) => {
+                text.insert(txn, at, s);
+                let n = utf16_len(s);
+                at += n;
+                inserted += n;
+            }
+        }
+    }
+    (inserted, deleted)
 }
 
 #[cfg(test)]

@@ -5,17 +5,21 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
+use super::history::json_body;
 use super::{ApiError, AppState};
 use yrs::updates::decoder::Decode;
 
 use crate::auth::{Action, Principal};
-use crate::doc::{decode_guarded, DocId, DocInfo, ShardError};
+use crate::doc::{decode_guarded, DocId, Initial, ShardError};
+use crate::history;
+use crate::store::VersionKind;
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
@@ -33,14 +37,151 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Every document the principal may read (with a token, only those it covers).
+/// Documents listed per page by default, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A page of documents. With a token, only those it covers are shown, so a
+/// page may hold fewer than `limit` while `next_cursor` goes on.
 pub async fn list_docs(
     principal: Principal,
     State(app): State<AppState>,
-) -> Result<Json<Vec<DocInfo>>, ApiError> {
-    let mut docs = app.registry.list().await?;
+    Query(query): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = match &query.limit {
+        None => DEFAULT_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit must be a number from 1 to {MAX_PAGE}"),
+                ))
+            }
+        },
+    };
+    let prefix = query.prefix.unwrap_or_default();
+    let (mut docs, next_cursor) = app.registry.list_page(&prefix, query.cursor, limit).await?;
     docs.retain(|d| DocId::parse(&d.id).is_ok_and(|id| principal.can(Action::Read, &id)));
-    Ok(Json(docs))
+    Ok(Json(json!({ "docs": docs, "next_cursor": next_cursor })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDoc {
+    text: Option<String>,
+}
+
+/// Creates a document, optionally with a first text (its first version).
+/// Needs `write` (as the first update to a new document would).
+pub async fn create_doc(
+    principal: Principal,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc = DocId::parse(&id)?;
+    principal.require(Action::Write, &doc)?;
+    let author = principal.sub().unwrap_or("http").to_owned();
+    let NewDoc { text } = json_body(&body)?;
+    let initial = match text {
+        Some(text) if !text.is_empty() => Initial::Text(text),
+        _ => Initial::Empty,
+    };
+    let shard = app
+        .registry
+        .create(&doc, initial, &author, VersionKind::Import, String::new())
+        .await?;
+    let info = shard.info();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "doc": doc.as_str(), "doc_seq": info.last_seq, "text_len": info.text_len })),
+    ))
+}
+
+/// Deletes a document and its history; its subscribers are told. Admin only.
+pub async fn delete_doc(
+    principal: Principal,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let doc = DocId::parse(&id)?;
+    principal.require(Action::Admin, &doc)?;
+    app.registry.delete(&doc).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyBody {
+    to: Option<String>,
+    version: Option<u64>,
+}
+
+/// Forks a document at a version (default: its latest state) into a new
+/// one. Needs `read` on the source and `write` on the copy.
+pub async fn copy_doc(
+    principal: Principal,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let source = DocId::parse(&id)?;
+    principal.require(Action::Read, &source)?;
+    let CopyBody { to, version } = json_body(&body)?;
+    let target = DocId::parse(to.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "give {\"to\": <new doc id>, \"version\": <version id, optional>}",
+        )
+    })?)?;
+    principal.require(Action::Write, &target)?;
+    let key = source.clone();
+    app.registry
+        .writer()
+        .barrier()
+        .await
+        .map_err(|_| ApiError::from(ShardError::ShuttingDown))?;
+    let store = app.registry.store().clone();
+    let (seq, state) = tokio::task::spawn_blocking(move || {
+        let seq = match version {
+            Some(v) => history::version(store.as_ref(), &key, v)?.seq,
+            None => u64::MAX,
+        };
+        let rebuilt = history::rebuild(store.as_ref(), &key, seq)?;
+        Ok::<_, history::HistoryError>((rebuilt.seq, rebuilt.state()))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let label = format!("copy of {source} at {seq}");
+    let shard = app
+        .registry
+        .create(
+            &target,
+            Initial::State(state.into()),
+            "copy",
+            VersionKind::Copy,
+            label,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "doc": target.as_str(),
+            "from": source.as_str(),
+            "version": seq,
+            "doc_seq": shard.info().last_seq,
+        })),
+    ))
 }
 
 pub async fn text(

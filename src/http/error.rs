@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::doc::{DocIdError, RegistryError, ShardError};
+use crate::history::HistoryError;
 
 /// An HTTP error: status, a stable machine code and a message for people.
 #[derive(Debug)]
@@ -57,6 +58,8 @@ impl From<ShardError> for ApiError {
             ShardError::NotSubscribed | ShardError::AlreadySubscribed => {
                 (StatusCode::CONFLICT, "conflict")
             }
+            ShardError::NotEmpty => (StatusCode::CONFLICT, "doc_exists"),
+            ShardError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
             ShardError::Corrupt(_) => {
                 tracing::error!(error = %e, "corrupt document");
                 return Self::new(
@@ -79,8 +82,47 @@ impl From<RegistryError> for ApiError {
                 format!("document {doc} does not exist"),
             ),
             RegistryError::Shard(shard) => shard.into(),
+            RegistryError::History(e) => e.into(),
+            RegistryError::AlreadyExists(doc) => Self::new(
+                StatusCode::CONFLICT,
+                "doc_exists",
+                format!("document {doc} already exists"),
+            ),
+            RegistryError::Deleting(doc) => Self::new(
+                StatusCode::CONFLICT,
+                "doc_deleting",
+                format!("document {doc} is being deleted; try again"),
+            ),
+            RegistryError::Write(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failure",
+                "the change was not made durable; retry",
+            ),
             RegistryError::Store(_) | RegistryError::Join(_) => {
                 tracing::error!(error = %e, "storage failure");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_failure",
+                    "storage failure",
+                )
+            }
+        }
+    }
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::DocNotFound(doc) => Self::new(
+                StatusCode::NOT_FOUND,
+                "doc_not_found",
+                format!("document {doc} does not exist"),
+            ),
+            HistoryError::VersionNotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "version_not_found", e.to_string())
+            }
+            HistoryError::Store(_) | HistoryError::Corrupt { .. } => {
+                tracing::error!(error = %e, "history read failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "storage_failure",

@@ -4,8 +4,10 @@
 
 mod api;
 mod error;
+mod history;
 mod metrics;
 mod sse;
+mod web;
 mod ws;
 mod yws;
 
@@ -13,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +36,8 @@ pub struct AppState {
     /// Tracks WebSocket connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
     pub next_connection_id: Arc<AtomicU64>,
+    /// Bounds the replay streams running at once (see `history::MAX_REPLAYS`).
+    pub replays: Arc<tokio::sync::Semaphore>,
     /// Verifies tokens (or lets everyone in, in open mode): see [`crate::auth`].
     pub auth: Arc<Auth>,
 }
@@ -42,6 +46,26 @@ pub struct AppState {
 impl FromRef<AppState> for Arc<Auth> {
     fn from_ref(state: &AppState) -> Self {
         state.auth.clone()
+    }
+}
+
+impl AppState {
+    /// The state of a server over `registry` with `config`, checking access with `auth`.
+    pub fn new(
+        registry: Arc<DocRegistry>,
+        config: ServeConfig,
+        shutdown: CancellationToken,
+        auth: Arc<Auth>,
+    ) -> Self {
+        Self {
+            registry,
+            config: Arc::new(config),
+            shutdown,
+            connections: TaskTracker::new(),
+            next_connection_id: Arc::new(AtomicU64::new(1)),
+            replays: Arc::new(tokio::sync::Semaphore::new(history::MAX_REPLAYS)),
+            auth,
+        }
     }
 }
 
@@ -55,12 +79,30 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/docs", get(api::list_docs))
+        .route("/docs/{id}", put(api::create_doc).delete(api::delete_doc))
+        .route("/docs/{id}/copy", post(api::copy_doc))
+        .route(
+            "/docs/{id}/versions",
+            get(history::list_versions).post(history::create_version),
+        )
+        .route("/docs/{id}/versions/{v}/text", get(history::version_text))
+        .route("/docs/{id}/versions/{v}/state", get(history::version_state))
+        .route("/docs/{id}/at", get(history::at))
+        .route("/docs/{id}/diff", get(history::diff))
+        .route("/docs/{id}/replay", get(history::replay))
+        .route("/docs/{id}/restore", post(history::restore))
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))
         .route("/docs/{id}/events", get(sse::doc_events))
         .route("/docs/{id}/text/stream", get(sse::text_stream))
         .route("/events", get(sse::all_events))
+        // The browser pages (web/): demo editor, watcher, replay.
+        .route("/", get(web::home))
+        .route("/d/{*doc}", get(web::editor))
+        .route("/watch/{*doc}", get(web::watch))
+        .route("/replay/{*doc}", get(web::replay))
+        .route("/assets/{file}", get(web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(

@@ -45,7 +45,7 @@ pub struct ResumeQuery {
     docs: Option<String>,
 }
 
-fn last_event_id(headers: &HeaderMap, query: &ResumeQuery) -> Option<String> {
+pub(super) fn last_event_id(headers: &HeaderMap, query: &ResumeQuery) -> Option<String> {
     headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -73,7 +73,7 @@ fn sse_event(hub: &FeedHub, e: &FeedEvent, n: u64) -> Event {
 }
 
 /// Wraps a stream with keep-alives and the headers proxies need.
-fn respond<S>(app: &AppState, principal: &Principal, stream: S) -> Response
+pub(super) fn respond<S>(app: &AppState, principal: &Principal, stream: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -105,7 +105,7 @@ where
 }
 
 /// The reconnect hint, sent once as a comment-only event at the start.
-fn retry_hint(app: &AppState) -> Event {
+pub(super) fn retry_hint(app: &AppState) -> Event {
     Event::default()
         .retry(Duration::from_millis(app.config.sse_retry_ms))
         .comment("folio")

@@ -15,7 +15,7 @@ pub use sled_store::SledStore;
 pub use writer::{Durable, StoreWriter, WriteFailed, WritePermit, WriterClosed, WriterThread};
 
 use crate::doc::DocId;
-pub use crate::protocol::store::{DocMeta, LogEntry, Snapshot};
+pub use crate::protocol::store::{DocMeta, LogEntry, Snapshot, Version, VersionKind};
 
 /// Errors from a storage backend.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub struct StoredDoc {
     pub meta: DocMeta,
     /// `(seq, snapshot)` of the newest snapshot, if any.
     pub snapshot: Option<(u64, Snapshot)>,
+    /// The version of that snapshot, if it has one.
+    pub version: Option<Version>,
     /// Log entries with `seq` greater than the snapshot's, in order.
     pub log: Vec<(u64, LogEntry)>,
 }
@@ -65,11 +67,29 @@ pub enum WriteOp {
         /// Text length after this update, for [`DocMeta::text_len`].
         text_len: u64,
     },
-    /// Keep the full state after `seq`.
+    /// Keep the full state after `seq`, and list it as a version. Writing
+    /// the same `seq` again replaces both (how a version gets its label).
     Snapshot {
         doc: DocId,
         seq: u64,
         snapshot: Snapshot,
+        version: Version,
+    },
+    /// Remove every record of a document.
+    Delete { doc: DocId },
+    /// Retention: replace runs of log entries by merged ones and drop
+    /// versions (with their snapshots). See [`crate::history::retention`].
+    Compact {
+        doc: DocId,
+        /// Log keys to remove.
+        remove_log: Vec<u64>,
+        /// Merged entries, each under the last `seq` it covers.
+        put_log: Vec<(u64, LogEntry)>,
+        /// Version records to remove.
+        remove_versions: Vec<u64>,
+        /// Snapshots to remove (a removed version's, unless kept to bound
+        /// the distance between snapshots).
+        remove_snapshots: Vec<u64>,
     },
     /// Nothing to write: completes once everything queued before it is durable.
     Barrier,
@@ -94,7 +114,57 @@ pub trait DocStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// I/O or decoding failures.
-    fn list(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError>;
+    fn list(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
+        self.list_page("", None, usize::MAX)
+    }
+
+    /// Up to `limit` documents whose id starts with `prefix` and sorts after
+    /// `after`, ordered by id.
+    ///
+    /// # Errors
+    /// I/O or decoding failures.
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, DocMeta)>, StoreError>;
+
+    /// Up to `limit` log entries with `after < seq <= through`, in order.
+    /// After compaction, keys are sparse: an entry may stand for several
+    /// updates (`first_seq..=seq`).
+    ///
+    /// # Errors
+    /// I/O or decoding failures.
+    fn log_range(
+        &self,
+        doc: &DocId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEntry)>, StoreError>;
+
+    /// The newest snapshot taken at or before `seq`.
+    ///
+    /// # Errors
+    /// I/O or decoding failures.
+    fn snapshot_at_or_before(
+        &self,
+        doc: &DocId,
+        seq: u64,
+    ) -> Result<Option<(u64, Snapshot)>, StoreError>;
+
+    /// Every version of a document, oldest first.
+    ///
+    /// # Errors
+    /// I/O or decoding failures.
+    fn versions(&self, doc: &DocId) -> Result<Vec<(u64, Version)>, StoreError>;
+
+    /// Record counts and bytes of one document, for `folio check` and benchmarks.
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn doc_size(&self, doc: &DocId) -> Result<DocSize, StoreError>;
 
     /// The summary of one document.
     ///
@@ -107,6 +177,17 @@ pub trait DocStore: Send + Sync + 'static {
     /// # Errors
     /// I/O failures.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// How much of the store one document takes (keys and values, before
+/// the backend's own overhead).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct DocSize {
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    pub versions: u64,
 }
 
 /// Milliseconds since the Unix epoch, for timestamps in records.

@@ -1,8 +1,9 @@
 //! [`SledStore`]: the embedded backend, one sled database in the data dir.
 //!
-//! Trees: `docs` (id → [`DocMeta`]), `log` (id 0x00 seq → [`LogEntry`]) and
-//! `snapshots` (id 0x00 seq → [`Snapshot`]), with `seq` big-endian so a prefix
-//! scan returns a document's records in order. Doc ids never contain NUL, so
+//! Trees: `docs` (id → [`DocMeta`]), `log` (id 0x00 seq → [`LogEntry`]),
+//! `snapshots` (id 0x00 seq → [`Snapshot`]) and `versions` (id 0x00 seq →
+//! [`Version`]), with `seq` big-endian so a prefix scan returns a document's
+//! records in order. Doc ids never contain NUL, so
 //! no id's keys can run into another's.
 
 use std::collections::HashMap;
@@ -12,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use fs2::FileExt;
 use prost::Message;
+use sled::Transactional;
 
-use super::{DocMeta, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, WriteOp};
+use super::{
+    DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Version, WriteOp,
+};
 use crate::doc::DocId;
 
 /// The embedded sled backend. Holds an exclusive lock on `<data dir>/folio.lock`
@@ -23,6 +27,7 @@ pub struct SledStore {
     docs: sled::Tree,
     log: sled::Tree,
     snapshots: sled::Tree,
+    versions: sled::Tree,
     dir: PathBuf,
     _lock: File,
 }
@@ -44,6 +49,15 @@ fn prefix(doc: &DocId) -> Vec<u8> {
     let mut k = Vec::with_capacity(doc.as_str().len() + 9);
     k.extend_from_slice(doc.as_str().as_bytes());
     k.push(0);
+    k
+}
+
+/// The first key after every key of `doc` (its prefix with 0x00 → 0x01).
+fn end_of(doc: &DocId) -> Vec<u8> {
+    let mut k = prefix(doc);
+    if let Some(last) = k.last_mut() {
+        *last = 1;
+    }
     k
 }
 
@@ -114,10 +128,49 @@ impl SledStore {
             docs: db.open_tree("docs")?,
             log: db.open_tree("log")?,
             snapshots: db.open_tree("snapshots")?,
+            versions: db.open_tree("versions")?,
             db,
             dir: dir.to_owned(),
             _lock: lock,
         })
+    }
+
+    /// Removes every record of `doc` in one sled transaction (not yet
+    /// flushed), so a crash leaves the document whole or gone, never a
+    /// history without its summary or the other way round.
+    fn delete_records(&self, doc: &DocId) -> Result<(), StoreError> {
+        let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
+            Ok(tree
+                .range(prefix(doc)..end_of(doc))
+                .keys()
+                .collect::<Result<_, _>>()?)
+        };
+        let (log, snapshots, versions) = (
+            keys(&self.log)?,
+            keys(&self.snapshots)?,
+            keys(&self.versions)?,
+        );
+        (&self.log, &self.snapshots, &self.versions, &self.docs)
+            .transaction(|(log_tx, snap_tx, ver_tx, docs_tx)| {
+                for k in &log {
+                    log_tx.remove(k)?;
+                }
+                for k in &snapshots {
+                    snap_tx.remove(k)?;
+                }
+                for k in &versions {
+                    ver_tx.remove(k)?;
+                }
+                docs_tx.remove(doc.as_str())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: doc.to_string(),
+                    detail: "delete aborted".to_owned(),
+                },
+            })
     }
 
     fn read_meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
@@ -125,6 +178,34 @@ impl SledStore {
             .get(doc.as_str())?
             .map(|v| decode(doc.as_str().as_bytes(), &v))
             .transpose()
+    }
+}
+
+/// Writes gathered from a run of ops, one batch per tree. Whatever a crash
+/// between two batches leaves, a version never lacks its state: removed
+/// versions go before their snapshots, new snapshots before their versions.
+/// Metas go last, so a listed document has its records.
+#[derive(Default)]
+struct Pending {
+    log: sled::Batch,
+    drop_versions: sled::Batch,
+    snapshots: sled::Batch,
+    versions: sled::Batch,
+    metas: HashMap<DocId, DocMeta>,
+}
+
+impl Pending {
+    fn apply(self, store: &SledStore) -> Result<(), StoreError> {
+        store.log.apply_batch(self.log)?;
+        store.versions.apply_batch(self.drop_versions)?;
+        store.snapshots.apply_batch(self.snapshots)?;
+        store.versions.apply_batch(self.versions)?;
+        let mut docs = sled::Batch::default();
+        for (doc, meta) in self.metas {
+            docs.insert(doc.as_str(), meta.encode_to_vec());
+        }
+        store.docs.apply_batch(docs)?;
+        Ok(())
     }
 }
 
@@ -138,13 +219,17 @@ impl DocStore for SledStore {
             }
             None => None,
         };
+        let version = match &snapshot {
+            Some((seq, _)) => self
+                .versions
+                .get(key(doc, *seq))?
+                .map(|v| decode::<Version>(&key(doc, *seq), &v))
+                .transpose()?,
+            None => None,
+        };
         let from = snapshot.as_ref().map_or(0, |(seq, _)| seq + 1);
-        let mut end = prefix(doc);
-        if let Some(last) = end.last_mut() {
-            *last = 1;
-        }
         let mut log = Vec::new();
-        for kv in self.log.range(key(doc, from)..end) {
+        for kv in self.log.range(key(doc, from)..end_of(doc)) {
             let (k, v) = kv?;
             log.push((seq_of(&k)?, decode::<LogEntry>(&k, &v)?));
         }
@@ -154,27 +239,33 @@ impl DocStore for SledStore {
         Ok(Some(StoredDoc {
             meta: meta.unwrap_or_default(),
             snapshot,
+            version,
             log,
         }))
     }
 
     fn write(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut log = sled::Batch::default();
-        let mut snapshots = sled::Batch::default();
-        // Metas touched by this batch, read once and written once.
-        let mut metas: HashMap<&DocId, DocMeta> = HashMap::new();
+        let mut batch = Pending::default();
         for op in ops {
             let doc = match op {
                 WriteOp::Create { doc, .. }
                 | WriteOp::Append { doc, .. }
-                | WriteOp::Snapshot { doc, .. } => doc,
+                | WriteOp::Snapshot { doc, .. }
+                | WriteOp::Compact { doc, .. } => doc,
+                WriteOp::Delete { doc } => {
+                    // Apply what came before, so the prefix scans below
+                    // see (and remove) it too.
+                    std::mem::take(&mut batch).apply(self)?;
+                    self.delete_records(doc)?;
+                    continue;
+                }
                 WriteOp::Barrier => continue,
             };
-            if !metas.contains_key(doc) {
+            if !batch.metas.contains_key(doc) {
                 let meta = self.read_meta(doc)?.unwrap_or_default();
-                metas.insert(doc, meta);
+                batch.metas.insert(doc.clone(), meta);
             }
-            let Some(meta) = metas.get_mut(doc) else {
+            let Some(meta) = batch.metas.get_mut(doc) else {
                 continue;
             };
             match op {
@@ -190,7 +281,7 @@ impl DocStore for SledStore {
                     text_len,
                     ..
                 } => {
-                    log.insert(key(doc, *seq), entry.encode_to_vec());
+                    batch.log.insert(key(doc, *seq), entry.encode_to_vec());
                     if meta.created_ms == 0 {
                         meta.created_ms = entry.time_ms;
                     }
@@ -198,28 +289,72 @@ impl DocStore for SledStore {
                     meta.last_seq = meta.last_seq.max(*seq);
                     meta.text_len = *text_len;
                 }
-                WriteOp::Snapshot { seq, snapshot, .. } => {
-                    snapshots.insert(key(doc, *seq), snapshot.encode_to_vec());
+                WriteOp::Snapshot {
+                    seq,
+                    snapshot,
+                    version,
+                    ..
+                } => {
+                    batch
+                        .snapshots
+                        .insert(key(doc, *seq), snapshot.encode_to_vec());
+                    batch
+                        .versions
+                        .insert(key(doc, *seq), version.encode_to_vec());
                     meta.snapshot_seq = meta.snapshot_seq.max(*seq);
                 }
-                WriteOp::Barrier => {}
+                WriteOp::Compact {
+                    remove_log,
+                    put_log,
+                    remove_versions,
+                    remove_snapshots,
+                    ..
+                } => {
+                    for seq in remove_log {
+                        batch.log.remove(key(doc, *seq));
+                    }
+                    for (seq, entry) in put_log {
+                        batch.log.insert(key(doc, *seq), entry.encode_to_vec());
+                    }
+                    for seq in remove_versions {
+                        batch.drop_versions.remove(key(doc, *seq));
+                    }
+                    for seq in remove_snapshots {
+                        batch.snapshots.remove(key(doc, *seq));
+                    }
+                }
+                WriteOp::Delete { .. } | WriteOp::Barrier => {}
             }
         }
-        let mut docs = sled::Batch::default();
-        for (doc, meta) in metas {
-            docs.insert(doc.as_str(), meta.encode_to_vec());
-        }
-        self.log.apply_batch(log)?;
-        self.snapshots.apply_batch(snapshots)?;
-        self.docs.apply_batch(docs)?;
+        batch.apply(self)?;
         self.db.flush()?;
         Ok(())
     }
 
-    fn list(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
+        let start = match after {
+            // The smallest key greater than `after`.
+            Some(after) if after >= prefix => {
+                let mut k = after.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
         let mut out = Vec::new();
-        for kv in self.docs.iter() {
+        for kv in self.docs.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
             let id = std::str::from_utf8(&k)
                 .ok()
                 .and_then(|s| DocId::parse(s).ok())
@@ -227,6 +362,74 @@ impl DocStore for SledStore {
             out.push((id, decode(&k, &v)?));
         }
         Ok(out)
+    }
+
+    fn log_range(
+        &self,
+        doc: &DocId,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        if from > through {
+            return Ok(out);
+        }
+        let end = match through.checked_add(1) {
+            Some(next) => key(doc, next),
+            None => end_of(doc),
+        };
+        for kv in self.log.range(key(doc, from)..end).take(limit) {
+            let (k, v) = kv?;
+            out.push((seq_of(&k)?, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn snapshot_at_or_before(
+        &self,
+        doc: &DocId,
+        seq: u64,
+    ) -> Result<Option<(u64, Snapshot)>, StoreError> {
+        let end = match seq.checked_add(1) {
+            Some(next) => key(doc, next),
+            None => end_of(doc),
+        };
+        match self.snapshots.range(prefix(doc)..end).next_back() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((seq_of(&k)?, decode(&k, &v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn versions(&self, doc: &DocId) -> Result<Vec<(u64, Version)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.versions.scan_prefix(prefix(doc)) {
+            let (k, v) = kv?;
+            out.push((seq_of(&k)?, decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn doc_size(&self, doc: &DocId) -> Result<DocSize, StoreError> {
+        let mut size = DocSize::default();
+        for kv in self.log.scan_prefix(prefix(doc)) {
+            let (k, v) = kv?;
+            size.log_entries += 1;
+            size.log_bytes += (k.len() + v.len()) as u64;
+        }
+        for kv in self.snapshots.scan_prefix(prefix(doc)) {
+            let (k, v) = kv?;
+            size.snapshots += 1;
+            size.snapshot_bytes += (k.len() + v.len()) as u64;
+        }
+        size.versions = self.versions.scan_prefix(prefix(doc)).count() as u64;
+        Ok(size)
     }
 
     fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
@@ -260,6 +463,7 @@ mod tests {
                 time_ms: 1,
                 author: "t".into(),
                 update: vec![byte].into(),
+                first_seq: 0,
             },
             text_len: seq,
         }
@@ -277,6 +481,7 @@ mod tests {
                 time_ms: 1,
                 state: vec![seq as u8].into(),
             },
+            version: Version::default(),
         };
         store
             .write(&[

@@ -12,6 +12,7 @@ use folio::protocol::ysync;
 use folio::protocol::{client_message, server_message, v1, ErrorCode};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
+use reqwest::Method;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -125,6 +126,19 @@ async fn get(server: &TestServer, path: &str, bearer: Option<&str>) -> (u16, Str
     let resp = req.send().await.expect("http");
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
+}
+
+/// The ids `GET /docs` lists for `token`.
+async fn doc_ids(server: &TestServer, token: &str) -> Vec<String> {
+    let (status, body) = get(server, "/docs", Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).expect("JSON listing");
+    page["docs"]
+        .as_array()
+        .expect("a docs array")
+        .iter()
+        .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 fn error_code_of(body: &str) -> String {
@@ -263,14 +277,8 @@ async fn websocket_tokens_missing_invalid_expired_or_for_other_docs_are_refused(
     assert_eq!(code(&next_error(&mut conn).await), ErrorCode::Forbidden);
 
     // Nothing refused created a document.
-    let (status, body) = get(&server, "/docs", Some(&valid(&["*"], Role::Admin, "root"))).await;
-    assert_eq!(status, 200);
-    let ids: Vec<String> = serde_json::from_str::<Vec<Value>>(&body)
-        .expect("listing")
-        .iter()
-        .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(ids, ["team-a/x"]);
+    let admin = valid(&["*"], Role::Admin, "root");
+    assert_eq!(doc_ids(&server, &admin).await, ["team-a/x"]);
     server.stop().await;
 }
 
@@ -626,7 +634,7 @@ async fn http_and_sse_need_a_token_that_covers_the_document() {
         );
     }
     let admin = valid(&["*"], Role::Admin, "root");
-    assert_eq!(get(&server, "/docs", Some(&admin)).await.1, "[]");
+    assert!(doc_ids(&server, &admin).await.is_empty());
     assert_eq!(post(Some(write.clone()), "open%2Fa").await.0, 200);
     assert_eq!(post(Some(admin.clone()), "closed").await.0, 200);
 
@@ -679,10 +687,7 @@ async fn http_and_sse_need_a_token_that_covers_the_document() {
     let (status, text) = get(&server, &format!("/docs/open%2Fa/text?token={read}"), None).await;
     assert_eq!((status, text.as_str()), (200, "v1"));
     // The listing shows only what the token covers.
-    let (_, listing) = get(&server, "/docs", Some(&read)).await;
-    let listing: Vec<Value> = serde_json::from_str(&listing).expect("listing");
-    assert_eq!(listing.len(), 1);
-    assert_eq!(listing[0]["id"], "open/a");
+    assert_eq!(doc_ids(&server, &read).await, ["open/a"]);
     let mut all = Watcher::connect(&server.url(&format!("/events?token={admin}")), None).await;
     all.next_of("reset").await;
 
@@ -703,6 +708,105 @@ async fn http_and_sse_need_a_token_that_covers_the_document() {
     .await;
     assert!(ended.is_ok(), "the stream ended at expiry");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn history_and_document_management_check_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path()).await;
+    let read = valid(&["h/*"], Role::Read, "r");
+    let write = valid(&["h/*"], Role::Write, "w");
+    let admin = valid(&["h/*"], Role::Admin, "a");
+    let send = |method: Method, path: &str, token: &str, body: &'static str| {
+        let req = reqwest::Client::new()
+            .request(method, server.url(path))
+            .bearer_auth(token)
+            .body(body);
+        async move {
+            let resp = req.send().await.expect("http");
+            let status = resp.status().as_u16();
+            let body = resp.text().await.expect("body");
+            (status, error_code_of_or_empty(&body))
+        }
+    };
+    // Creating needs write.
+    let created = send(Method::PUT, "/docs/h%2Fa", &read, r#"{"text":"one"}"#).await;
+    assert_eq!(created, (403, "read_only".into()));
+    assert_eq!(
+        send(Method::PUT, "/docs/h%2Fa", &write, r#"{"text":"one"}"#)
+            .await
+            .0,
+        201
+    );
+    // Labelling a version needs write; reading history needs read.
+    assert_eq!(
+        send(
+            Method::POST,
+            "/docs/h%2Fa/versions",
+            &read,
+            r#"{"label":"x"}"#
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, _) = send(
+        Method::POST,
+        "/docs/h%2Fa/versions",
+        &write,
+        r#"{"label":"v"}"#,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, versions) = get(&server, "/docs/h%2Fa/versions", Some(&read)).await;
+    assert_eq!(status, 200, "{versions}");
+    let first: Value = serde_json::from_str(&versions).expect("versions");
+    let v = first["versions"][0]["id"].as_u64().expect("a version id");
+    for path in [
+        format!("/docs/h%2Fa/versions/{v}/text"),
+        format!("/docs/h%2Fa/at?seq={v}"),
+        format!("/docs/h%2Fa/diff?from=0&to={v}"),
+    ] {
+        assert_eq!(get(&server, &path, Some(&read)).await.0, 200, "{path}");
+        let outside = valid(&["other"], Role::Admin, "o");
+        assert_eq!(get(&server, &path, Some(&outside)).await.0, 403, "{path}");
+        assert_eq!(get(&server, &path, None).await.0, 401, "{path}");
+    }
+    // Copy: read on the source, write on the target.
+    let (to_b, to_outside) = (r#"{"to":"h/b"}"#, r#"{"to":"elsewhere"}"#);
+    assert_eq!(
+        send(Method::POST, "/docs/h%2Fa/copy", &write, to_outside).await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        send(Method::POST, "/docs/h%2Fa/copy", &read, to_b).await,
+        (403, "read_only".into())
+    );
+    assert_eq!(
+        send(Method::POST, "/docs/h%2Fa/copy", &write, to_b).await.0,
+        201
+    );
+    // Restore and delete are admin-only, and a refusal changes nothing.
+    let restore = r#"{"version":1}"#;
+    assert_eq!(
+        send(Method::POST, "/docs/h%2Fa/restore", &write, restore).await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        send(Method::DELETE, "/docs/h%2Fa", &write, "").await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(text_with(&server, "h%2Fa", &read).await, "one");
+    assert_eq!(send(Method::DELETE, "/docs/h%2Fa", &admin, "").await.0, 204);
+    assert_eq!(doc_ids(&server, &admin).await, ["h/b"]);
+    server.stop().await;
+}
+
+fn error_code_of_or_empty(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn restart_restores_every_document() {
     }
     let (_, listing) = server.get_text("/docs").await;
     let listing: serde_json::Value = serde_json::from_str(&listing).expect("json");
-    let ids: Vec<&str> = listing
+    let ids: Vec<&str> = listing["docs"]
         .as_array()
         .expect("array")
         .iter()
@@ -221,7 +221,7 @@ async fn idle_documents_are_evicted_and_reload_from_disk() {
     eventually("the idle document to be evicted", || async {
         let (_, body) = server.get_text("/docs").await;
         let docs: serde_json::Value = serde_json::from_str(&body).expect("json");
-        (docs[0]["resident"] == false).then_some(())
+        (docs["docs"][0]["resident"] == false).then_some(())
     })
     .await;
     assert_eq!(server.text("idle").await, "evict me");

@@ -4,7 +4,9 @@
 
 mod auth;
 mod bad_input;
+mod cli;
 mod durability;
+mod history;
 mod http2;
 mod http_api;
 mod metrics;
@@ -12,4 +14,5 @@ mod sse;
 mod support;
 mod sync;
 mod traces;
+mod web;
 mod yjs;

@@ -162,7 +162,7 @@ async fn watcher_sees_reset_presence_activity_and_saved() {
 
     let (_, body) = server.get_text("/docs").await;
     let docs: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(docs[0]["watchers"], 1);
+    assert_eq!(docs["docs"][0]["watchers"], 1);
     drop(w);
     server.stop().await;
 }
@@ -390,7 +390,7 @@ async fn a_thousand_watchers_all_receive_an_edit() {
     }
     let (_, body) = server.get_text("/docs").await;
     let docs: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(docs[0]["watchers"], 1000);
+    assert_eq!(docs["docs"][0]["watchers"], 1000);
     e.type_patches(&[(0, 0, "hello, everyone")])
         .await
         .expect("type");
@@ -410,7 +410,7 @@ async fn a_thousand_watchers_all_receive_an_edit() {
     crate::support::eventually("the watchers to be gone", || async {
         let (_, body) = server.get_text("/docs").await;
         let docs: Value = serde_json::from_str(&body).expect("json");
-        (docs[0]["watchers"] == 0).then_some(())
+        (docs["docs"][0]["watchers"] == 0).then_some(())
     })
     .await;
     server.stop().await;

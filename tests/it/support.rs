@@ -214,3 +214,25 @@ pub fn seed() -> u64 {
     eprintln!("TEST_SEED={seed}");
     seed
 }
+
+/// Sends `method` to `url` with an optional JSON body; the status and the
+/// answer as JSON (`Value::Null` for an empty body).
+pub async fn json_request(
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        req = req.body(body.to_string());
+    }
+    let resp = req.send().await.expect("http request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let value = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, value)
+}

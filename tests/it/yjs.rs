@@ -754,7 +754,7 @@ async fn relayed_presence_stays_with_the_client_that_owns_it() {
     // next edit comes after what the server said about the relay leaving.
     eventually("the relay to be unsubscribed", || async {
         let docs: Value = serde_json::from_str(&server.get_text("/docs").await.1).ok()?;
-        (docs[0]["subscribers"] == 2).then_some(())
+        (docs["docs"][0]["subscribers"] == 2).then_some(())
     })
     .await;
     folio.type_patches(&[(0, 0, "marker")]).await.expect("type");
