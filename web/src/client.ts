@@ -449,6 +449,7 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
         }
         return
       case 'pong':
+      case 'reauthed': // this client sends no Reauth (yet)
       case undefined:
         return
       case 'ack':

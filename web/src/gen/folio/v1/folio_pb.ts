@@ -19,6 +19,9 @@
 //                                          every other subscriber -> Update{doc, update}
 //   4. client -> Awareness{doc, update}    every other subscriber -> Awareness{doc, update}
 //   5. client -> Unsubscribe{doc}          server -> Unsubscribed{doc}
+//   6. client -> Reauth{token}             server -> Reauthed{expires_at_ms}
+// With access control on (the server has an auth secret), tokens travel in
+// Hello, Subscribe or Reauth; see docs/protocol.md#access-control.
 // Any refusal is an Error naming the doc (if any) and, for updates, the seq.
 // See docs/protocol.md for the full contract.
 
@@ -34,7 +37,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file folio/v1/folio.proto.
  */
 export const file_folio_v1_folio: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb2xpby92MS9mb2xpby5wcm90bxIIZm9saW8udjEi/wEKDUNsaWVudE1lc3NhZ2USIAoFaGVsbG8YASABKAsyDy5mb2xpby52MS5IZWxsb0gAEigKCXN1YnNjcmliZRgCIAEoCzITLmZvbGlvLnYxLlN1YnNjcmliZUgAEiwKC3Vuc3Vic2NyaWJlGAMgASgLMhUuZm9saW8udjEuVW5zdWJzY3JpYmVIABIiCgZ1cGRhdGUYBCABKAsyEC5mb2xpby52MS5VcGRhdGVIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwaW5nGAYgASgLMg4uZm9saW8udjEuUGluZ0gAQgYKBGtpbmQivwIKDVNlcnZlck1lc3NhZ2USJAoHd2VsY29tZRgBIAEoCzIRLmZvbGlvLnYxLldlbGNvbWVIABIiCgZzeW5jZWQYAiABKAsyEC5mb2xpby52MS5TeW5jZWRIABIiCgZ1cGRhdGUYAyABKAsyEC5mb2xpby52MS5VcGRhdGVIABIcCgNhY2sYBCABKAsyDS5mb2xpby52MS5BY2tIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwb25nGAYgASgLMg4uZm9saW8udjEuUG9uZ0gAEiAKBWVycm9yGAcgASgLMg8uZm9saW8udjEuRXJyb3JIABIuCgx1bnN1YnNjcmliZWQYCCABKAsyFi5mb2xpby52MS5VbnN1YnNjcmliZWRIAEIGCgRraW5kIjYKBUhlbGxvEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SEwoLY2xpZW50X25hbWUYAiABKAkiXAoHV2VsY29tZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhUKDWNvbm5lY3Rpb25faWQYAiABKAQSIAoGbGltaXRzGAMgASgLMhAuZm9saW8udjEuTGltaXRzImEKBkxpbWl0cxIZChFtYXhfbWVzc2FnZV9ieXRlcxgBIAEoDRIfChdtYXhfZG9jc19wZXJfY29ubmVjdGlvbhgCIAEoDRIbChNtYXhfdW5hY2tlZF91cGRhdGVzGAMgASgNIi4KCVN1YnNjcmliZRILCgNkb2MYASABKAkSFAoMc3RhdGVfdmVjdG9yGAIgASgMIk4KBlN5bmNlZBILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMEhQKDHN0YXRlX3ZlY3RvchgDIAEoDBIRCglhd2FyZW5lc3MYBCABKAwiGgoLVW5zdWJzY3JpYmUSCwoDZG9jGAEgASgJIhsKDFVuc3Vic2NyaWJlZBILCgNkb2MYASABKAkiMgoGVXBkYXRlEgsKA2RvYxgBIAEoCRIOCgZ1cGRhdGUYAiABKAwSCwoDc2VxGAMgASgEIjAKA0FjaxILCgNkb2MYASABKAkSCwoDc2VxGAIgASgEEg8KB2RvY19zZXEYAyABKAQiKAoJQXdhcmVuZXNzEgsKA2RvYxgBIAEoCRIOCgZ1cGRhdGUYAiABKAwiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIlUKBUVycm9yEgsKA2RvYxgBIAEoCRIhCgRjb2RlGAIgASgOMhMuZm9saW8udjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAyABKAkSCwoDc2VxGAQgASgEKkwKD1Byb3RvY29sVmVyc2lvbhIgChxQUk9UT0NPTF9WRVJTSU9OX1VOU1BFQ0lGSUVEEAASFwoTUFJPVE9DT0xfVkVSU0lPTl9WMRABKr8ECglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEiAKHEVSUk9SX0NPREVfTUFMRk9STUVEX01FU1NBR0UQARIeChpFUlJPUl9DT0RFX1VOS05PV05fTUVTU0FHRRACEh0KGUVSUk9SX0NPREVfSEVMTE9fUkVRVUlSRUQQAxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QBBIdChlFUlJPUl9DT0RFX0lOVkFMSURfRE9DX0lEEAUSHQoZRVJST1JfQ09ERV9OT1RfU1VCU0NSSUJFRBAGEiEKHUVSUk9SX0NPREVfQUxSRUFEWV9TVUJTQ1JJQkVEEAcSHQoZRVJST1JfQ09ERV9JTlZBTElEX1VQREFURRAIEiAKHEVSUk9SX0NPREVfSU5WQUxJRF9BV0FSRU5FU1MQCRIcChhFUlJPUl9DT0RFX1RPT19NQU5ZX0RPQ1MQChIjCh9FUlJPUl9DT0RFX0lOVkFMSURfU1RBVEVfVkVDVE9SEAsSHgoaRVJST1JfQ09ERV9TVE9SQUdFX0ZBSUxVUkUQDBIcChhFUlJPUl9DT0RFX1NIVVRUSU5HX0RPV04QDRIbChdFUlJPUl9DT0RFX0RPQ19SRUxPQURFRBAOEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhAPEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQEBIaChZFUlJPUl9DT0RFX0RPQ19ERUxFVEVEEBFiBnByb3RvMw");
+  fileDesc("ChRmb2xpby92MS9mb2xpby5wcm90bxIIZm9saW8udjEiowIKDUNsaWVudE1lc3NhZ2USIAoFaGVsbG8YASABKAsyDy5mb2xpby52MS5IZWxsb0gAEigKCXN1YnNjcmliZRgCIAEoCzITLmZvbGlvLnYxLlN1YnNjcmliZUgAEiwKC3Vuc3Vic2NyaWJlGAMgASgLMhUuZm9saW8udjEuVW5zdWJzY3JpYmVIABIiCgZ1cGRhdGUYBCABKAsyEC5mb2xpby52MS5VcGRhdGVIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwaW5nGAYgASgLMg4uZm9saW8udjEuUGluZ0gAEiIKBnJlYXV0aBgHIAEoCzIQLmZvbGlvLnYxLlJlYXV0aEgAQgYKBGtpbmQi5wIKDVNlcnZlck1lc3NhZ2USJAoHd2VsY29tZRgBIAEoCzIRLmZvbGlvLnYxLldlbGNvbWVIABIiCgZzeW5jZWQYAiABKAsyEC5mb2xpby52MS5TeW5jZWRIABIiCgZ1cGRhdGUYAyABKAsyEC5mb2xpby52MS5VcGRhdGVIABIcCgNhY2sYBCABKAsyDS5mb2xpby52MS5BY2tIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwb25nGAYgASgLMg4uZm9saW8udjEuUG9uZ0gAEiAKBWVycm9yGAcgASgLMg8uZm9saW8udjEuRXJyb3JIABIuCgx1bnN1YnNjcmliZWQYCCABKAsyFi5mb2xpby52MS5VbnN1YnNjcmliZWRIABImCghyZWF1dGhlZBgJIAEoCzISLmZvbGlvLnYxLlJlYXV0aGVkSABCBgoEa2luZCJFCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhMKC2NsaWVudF9uYW1lGAIgASgJEg0KBXRva2VuGAMgASgJIlwKB1dlbGNvbWUSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRIVCg1jb25uZWN0aW9uX2lkGAIgASgEEiAKBmxpbWl0cxgDIAEoCzIQLmZvbGlvLnYxLkxpbWl0cyJhCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHwoXbWF4X2RvY3NfcGVyX2Nvbm5lY3Rpb24YAiABKA0SGwoTbWF4X3VuYWNrZWRfdXBkYXRlcxgDIAEoDSI9CglTdWJzY3JpYmUSCwoDZG9jGAEgASgJEhQKDHN0YXRlX3ZlY3RvchgCIAEoDBINCgV0b2tlbhgDIAEoCSJOCgZTeW5jZWQSCwoDZG9jGAEgASgJEg4KBnVwZGF0ZRgCIAEoDBIUCgxzdGF0ZV92ZWN0b3IYAyABKAwSEQoJYXdhcmVuZXNzGAQgASgMIhoKC1Vuc3Vic2NyaWJlEgsKA2RvYxgBIAEoCSIbCgxVbnN1YnNjcmliZWQSCwoDZG9jGAEgASgJIjIKBlVwZGF0ZRILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMEgsKA3NlcRgDIAEoBCIwCgNBY2sSCwoDZG9jGAEgASgJEgsKA3NlcRgCIAEoBBIPCgdkb2Nfc2VxGAMgASgEIigKCUF3YXJlbmVzcxILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMIhcKBlJlYXV0aBINCgV0b2tlbhgBIAEoCSIhCghSZWF1dGhlZBIVCg1leHBpcmVzX2F0X21zGAEgASgEIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiFQoEUG9uZxINCgVub25jZRgBIAEoBCJVCgVFcnJvchILCgNkb2MYASABKAkSIQoEY29kZRgCIAEoDjITLmZvbGlvLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAMgASgJEgsKA3NlcRgEIAEoBCpMCg9Qcm90b2NvbFZlcnNpb24SIAocUFJPVE9DT0xfVkVSU0lPTl9VTlNQRUNJRklFRBAAEhcKE1BST1RPQ09MX1ZFUlNJT05fVjEQASquBQoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIgChxFUlJPUl9DT0RFX01BTEZPUk1FRF9NRVNTQUdFEAESHgoaRVJST1JfQ09ERV9VTktOT1dOX01FU1NBR0UQAhIdChlFUlJPUl9DT0RFX0hFTExPX1JFUVVJUkVEEAMSIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAQSHQoZRVJST1JfQ09ERV9JTlZBTElEX0RPQ19JRBAFEh0KGUVSUk9SX0NPREVfTk9UX1NVQlNDUklCRUQQBhIhCh1FUlJPUl9DT0RFX0FMUkVBRFlfU1VCU0NSSUJFRBAHEh0KGUVSUk9SX0NPREVfSU5WQUxJRF9VUERBVEUQCBIgChxFUlJPUl9DT0RFX0lOVkFMSURfQVdBUkVORVNTEAkSHAoYRVJST1JfQ09ERV9UT09fTUFOWV9ET0NTEAoSIwofRVJST1JfQ09ERV9JTlZBTElEX1NUQVRFX1ZFQ1RPUhALEh4KGkVSUk9SX0NPREVfU1RPUkFHRV9GQUlMVVJFEAwSHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEA0SGwoXRVJST1JfQ09ERV9ET0NfUkVMT0FERUQQDhIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQDxIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEBASGgoWRVJST1JfQ09ERV9ET0NfREVMRVRFRBAREhsKF0VSUk9SX0NPREVfVU5BVVRIT1JJWkVEEBISGAoURVJST1JfQ09ERV9GT1JCSURERU4QExIYChRFUlJPUl9DT0RFX1JFQURfT05MWRAUEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAVYgZwcm90bzM");
 
 /**
  * Everything a client sends. Exactly one field of `kind` is set; a message
@@ -83,6 +86,12 @@ export type ClientMessage = Message<"folio.v1.ClientMessage"> & {
      */
     value: Ping;
     case: "ping";
+  } | {
+    /**
+     * @generated from field: folio.v1.Reauth reauth = 7;
+     */
+    value: Reauth;
+    case: "reauth";
   } | { case: undefined; value?: undefined };
 };
 
@@ -150,6 +159,12 @@ export type ServerMessage = Message<"folio.v1.ServerMessage"> & {
      */
     value: Unsubscribed;
     case: "unsubscribed";
+  } | {
+    /**
+     * @generated from field: folio.v1.Reauthed reauthed = 9;
+     */
+    value: Reauthed;
+    case: "reauthed";
   } | { case: undefined; value?: undefined };
 };
 
@@ -177,11 +192,22 @@ export type Hello = Message<"folio.v1.Hello"> & {
 
   /**
    * Free-form name of the client (user or program), at most 128 bytes.
-   * Recorded as the author of this connection's updates.
+   * Recorded as the author of this connection's updates, unless a token
+   * names a user (`sub`): then that name is recorded instead.
    *
    * @generated from field: string client_name = 2;
    */
   clientName: string;
+
+  /**
+   * A signed access token (JWT) for the whole connection. Empty: none (the
+   * server runs open, or each Subscribe carries its own token). An invalid
+   * or expired token is refused with ERROR_CODE_UNAUTHORIZED or
+   * ERROR_CODE_TOKEN_EXPIRED and the socket is closed (1008).
+   *
+   * @generated from field: string token = 3;
+   */
+  token: string;
 };
 
 /**
@@ -277,6 +303,14 @@ export type Subscribe = Message<"folio.v1.Subscribe"> & {
    * @generated from field: bytes state_vector = 2;
    */
   stateVector: Uint8Array;
+
+  /**
+   * A token for this subscription only. Empty: the connection's token (from
+   * Hello or Reauth) is used.
+   *
+   * @generated from field: string token = 3;
+   */
+  token: string;
 };
 
 /**
@@ -461,6 +495,49 @@ export const AwarenessSchema: GenMessage<Awareness> = /*@__PURE__*/
   messageDesc(file_folio_v1_folio, 11);
 
 /**
+ * Replaces the connection's token, before or after it expired, without
+ * reconnecting. Subscriptions the new token covers take its role and expiry.
+ * Subscriptions ended by an expiry are not restored: subscribe again.
+ *
+ * @generated from message folio.v1.Reauth
+ */
+export type Reauth = Message<"folio.v1.Reauth"> & {
+  /**
+   * @generated from field: string token = 1;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message folio.v1.Reauth.
+ * Use `create(ReauthSchema)` to create a new message.
+ */
+export const ReauthSchema: GenMessage<Reauth> = /*@__PURE__*/
+  messageDesc(file_folio_v1_folio, 12);
+
+/**
+ * Confirms a Reauth.
+ *
+ * @generated from message folio.v1.Reauthed
+ */
+export type Reauthed = Message<"folio.v1.Reauthed"> & {
+  /**
+   * When the new token expires, in milliseconds since the Unix epoch.
+   * 0 when the server runs without access control.
+   *
+   * @generated from field: uint64 expires_at_ms = 1;
+   */
+  expiresAtMs: bigint;
+};
+
+/**
+ * Describes the message folio.v1.Reauthed.
+ * Use `create(ReauthedSchema)` to create a new message.
+ */
+export const ReauthedSchema: GenMessage<Reauthed> = /*@__PURE__*/
+  messageDesc(file_folio_v1_folio, 13);
+
+/**
  * Application-level liveness check. Answered by a Pong with the same nonce.
  *
  * @generated from message folio.v1.Ping
@@ -477,7 +554,7 @@ export type Ping = Message<"folio.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 12);
+  messageDesc(file_folio_v1_folio, 14);
 
 /**
  * @generated from message folio.v1.Pong
@@ -494,7 +571,7 @@ export type Pong = Message<"folio.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 13);
+  messageDesc(file_folio_v1_folio, 15);
 
 /**
  * A refusal. The refused message changed nothing.
@@ -534,7 +611,7 @@ export type Error = Message<"folio.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 14);
+  messageDesc(file_folio_v1_folio, 16);
 
 /**
  * The version this file describes. Hello.protocol_version must equal it.
@@ -691,6 +768,38 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_DOC_DELETED = 17;
    */
   DOC_DELETED = 17,
+
+  /**
+   * No token where one is needed, or the token is not valid (bad signature,
+   * malformed, wrong claims). Nothing was done.
+   *
+   * @generated from enum value: ERROR_CODE_UNAUTHORIZED = 18;
+   */
+  UNAUTHORIZED = 18,
+
+  /**
+   * The token does not cover this document (its `docs` claim).
+   *
+   * @generated from enum value: ERROR_CODE_FORBIDDEN = 19;
+   */
+  FORBIDDEN = 19,
+
+  /**
+   * An Update with a read-only token: refused, nothing applied. The
+   * subscription stays (updates and awareness keep flowing).
+   *
+   * @generated from enum value: ERROR_CODE_READ_ONLY = 20;
+   */
+  READ_ONLY = 20,
+
+  /**
+   * The token expired. With doc empty: the connection's token expired (send
+   * Reauth). With a doc: that subscription was ended by the expiry, or an
+   * Update/Awareness came for it afterwards; Reauth, then Subscribe again.
+   *
+   * @generated from enum value: ERROR_CODE_TOKEN_EXPIRED = 21;
+   */
+  TOKEN_EXPIRED = 21,
 }
 
 /**
