@@ -1,6 +1,7 @@
-//! Scenarios a and b: writers typing a trace into one document while readers
-//! receive every update; end-to-end latency from a writer's send to each
-//! reader's receipt, deliveries per second and CPU.
+//! Scenarios a, b and c: writers typing a trace while readers receive every
+//! update, on one document (a, b) or many at once (c); end-to-end latency
+//! from a writer's send to each reader's receipt, deliveries per second and
+//! CPU.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::baseline::{apply_in_process, type_trace};
 use super::process::{CpuMeter, Target};
 use super::report::{pct, Goal, Latencies, Row};
 use super::wire::{fingerprint, frame, join, server_text, Ws};
@@ -35,17 +37,21 @@ pub fn hot_document(bench: &mut Bench) -> anyhow::Result<()> {
         "a. fan-out"
     };
     let writer = Arc::new(bench.typed.updates.clone());
-    for &rate in &bench.sizes.rates {
+    for rate in bench.sizes.rates.clone() {
         let target = bench.servers.get()?;
         let doc = format!("bench-{}-fanout-{rate}", bench.run_id);
+        let load = DocLoad {
+            doc: doc.clone(),
+            writers: vec![writer.clone()],
+            readers: bench.sizes.readers,
+        };
         let f = bench.rt.block_on(fan_out(
             bench.protocol,
             &target,
-            &doc,
-            std::slice::from_ref(&writer),
-            bench.sizes.readers,
+            std::slice::from_ref(&load),
             rate,
             bench.sizes.fan_out_secs,
+            false,
         ))?;
         // One writer typed the trace's first `sent` txns: check the server has them.
         let expected = bench.typed.trace.text_after(f.sent);
@@ -65,13 +71,11 @@ pub fn hot_document(bench: &mut Bench) -> anyhow::Result<()> {
             f.missing,
             f.sent * f.readers
         );
-        push_fan_out(
-            &mut bench.rows,
-            &f,
-            fan_out_label,
-            bench.echo.small.ms(50.0),
-            bench.echo.small.ms(99.0),
+        let what = format!(
+            "{} writer at {}/s, {} readers",
+            f.writers, f.rate, f.readers
         );
+        push_fan_out(bench, &f, fan_out_label, &what);
         let limit = if rate <= 100.0 { 0.6 } else { 2.0 };
         if let Some(r) = bench
             .rows
@@ -115,14 +119,18 @@ pub fn max_throughput(bench: &mut Bench) -> anyhow::Result<()> {
     for rate in ramp {
         let target = bench.servers.get()?;
         let doc = format!("bench-{}-ramp-{rate}", bench.run_id);
+        let load = DocLoad {
+            doc,
+            writers: vec![writer.clone()],
+            readers: bench.sizes.readers,
+        };
         let f = bench.rt.block_on(fan_out(
             bench.protocol,
             &target,
-            &doc,
-            std::slice::from_ref(&writer),
-            bench.sizes.readers,
+            std::slice::from_ref(&load),
             rate,
             secs,
+            false,
         ))?;
         target.finish();
         let ok = f.missing == 0 && f.latencies.pct(99.0) < SUSTAINED_P99;
@@ -171,12 +179,130 @@ pub fn max_throughput(bench: &mut Bench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One fan-out run's figures.
+/// Scenario c: many documents at once, each with its own writers typing the
+/// trace and its own readers, on one fresh server per configuration.
+pub fn many_documents(bench: &mut Bench) -> anyhow::Result<()> {
+    let label = if bench.protocol == Protocol::Yjs {
+        "c. many documents (y-websocket)"
+    } else {
+        "c. many documents"
+    };
+    for m in bench.sizes.many_docs.clone() {
+        let txns = (m.rate * bench.sizes.fan_out_secs) as usize + 16;
+        // Writer w types with client id w + 1 (writer 0 reuses the typed trace).
+        let writers: Vec<Arc<Vec<Bytes>>> = (0..m.writers)
+            .map(|w| match w {
+                0 => Arc::new(bench.typed.updates.clone()),
+                w => Arc::new(type_trace(&bench.typed.trace, w as u64 + 1, txns)),
+            })
+            .collect();
+        let loads: Vec<DocLoad> = (0..m.docs)
+            .map(|d| DocLoad {
+                doc: format!("bench-{}-many-{}-{d}", bench.run_id, m.docs),
+                writers: writers.clone(),
+                readers: m.readers,
+            })
+            .collect();
+        let target = bench.servers.get()?;
+        let f = bench.rt.block_on(fan_out(
+            bench.protocol,
+            &target,
+            &loads,
+            m.rate,
+            bench.sizes.fan_out_secs,
+            true,
+        ));
+        let f = match f {
+            Ok(f) => f,
+            Err(e) => {
+                target.finish();
+                return Err(e);
+            }
+        };
+        // Every document holds exactly what its writers sent.
+        let checked = bench.rt.block_on(check_texts(
+            bench.protocol,
+            &target.ws_url,
+            &loads,
+            &f.sent_by_writer,
+        ));
+        target.finish();
+        checked?;
+        ensure!(
+            f.missing == 0,
+            "many documents: {} of {} deliveries never arrived",
+            f.missing,
+            f.deliveries + f.missing
+        );
+        let what = format!(
+            "{} docs × ({} writer{} at {}/s + {} readers)",
+            f.docs,
+            f.writers,
+            if f.writers == 1 { "" } else { "s" },
+            f.rate,
+            f.readers
+        );
+        push_fan_out(bench, &f, label, &what);
+        bench
+            .plots
+            .push((format!("many docs: {what}"), f.latencies.clone()));
+    }
+    Ok(())
+}
+
+/// Checks that each document's text is what its writers' sent prefixes give
+/// when applied in-process.
+async fn check_texts(
+    protocol: Protocol,
+    url: &str,
+    loads: &[DocLoad],
+    sent_by_writer: &[Vec<usize>],
+) -> anyhow::Result<()> {
+    let texts: Vec<_> = futures_util::stream::iter(loads.iter().enumerate())
+        .map(|(d, load)| async move { (d, fan_out_text(protocol, url, &load.doc).await) })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (d, got) in texts {
+        let load = &loads[d];
+        let sent: Vec<Bytes> = load
+            .writers
+            .iter()
+            .zip(&sent_by_writer[d])
+            .flat_map(|(updates, &n)| updates[..n].iter().cloned())
+            .collect();
+        let (_, expected) = apply_in_process(&sent)?;
+        ensure!(
+            got? == expected,
+            "many documents: {}'s text is not what its writers sent",
+            load.doc
+        );
+    }
+    Ok(())
+}
+
+/// One document of a fan-out run.
+pub struct DocLoad {
+    pub doc: String,
+    /// Each writer's typed updates; writers of one document type with
+    /// distinct client ids, so every update (and its fingerprint) is unique
+    /// within the document.
+    pub writers: Vec<Arc<Vec<Bytes>>>,
+    pub readers: usize,
+}
+
+/// One fan-out run's figures, over every document of the run.
 pub struct FanOut {
+    pub docs: usize,
+    /// Writers per document.
     pub writers: usize,
+    /// Readers per document.
     pub readers: usize,
     pub rate: f64,
+    /// Updates sent, over all documents.
     pub sent: usize,
+    /// Updates each writer sent, by document and writer.
+    pub sent_by_writer: Vec<Vec<usize>>,
     pub latencies: Latencies,
     pub deliveries: usize,
     pub missing: usize,
@@ -185,9 +311,9 @@ pub struct FanOut {
     pub tool_cpu: Option<f64>,
 }
 
-/// A reader: receives until it has `expected` updates (known once the
-/// writers stop) or the deadline passes; returns each update's fingerprint
-/// and receipt time.
+/// A reader: receives until it has as many updates as its document's
+/// writers sent (known once they stop) or the deadline passes; returns each
+/// update's fingerprint and receipt time.
 async fn read_updates(
     protocol: Protocol,
     mut rx: SplitStream<Ws>,
@@ -232,9 +358,9 @@ async fn read_updates(
     got
 }
 
-/// A writer: sends its frames at `rate` per second until `end`; returns the
-/// fingerprint and send time of each. Frames due in the same timer tick go
-/// out with one flush.
+/// A writer: sends its frames at `rate` per second, the first at `start`,
+/// until `end`; returns the fingerprint and send time of each. Frames due in
+/// the same timer tick go out with one flush.
 async fn write_updates(
     mut tx: SplitSink<Ws, Message>,
     frames: Arc<Vec<(u64, Message)>>,
@@ -263,101 +389,118 @@ async fn write_updates(
     Ok(sent)
 }
 
-/// Joins `readers` readers and one writer per entry of `writer_updates` to
-/// `doc`, lets the writers type at `rate` for `secs`, and matches every
-/// reader's receipts to the writers' sends.
+/// Joins every document's readers and writers (with small socket buffers
+/// when `small`), lets every writer type at `rate` for `secs`, and matches
+/// each reader's receipts to its document's sends. The writers' keystrokes
+/// are spread evenly over one period, so many writers do not all send in the
+/// same instant.
 pub async fn fan_out(
     protocol: Protocol,
     target: &Target,
-    doc: &str,
-    writer_updates: &[Arc<Vec<Bytes>>],
-    readers: usize,
+    docs: &[DocLoad],
     rate: f64,
     secs: f64,
+    small: bool,
 ) -> anyhow::Result<FanOut> {
     let url = &target.ws_url;
-    let sent_total = Arc::new(AtomicU64::new(0));
     let writers_done = Arc::new(AtomicBool::new(false));
-    let per_writer =
-        ((rate * secs) as usize + 16).min(writer_updates.first().map_or(0, |u| u.len()));
-    let capacity = per_writer * writer_updates.len() + 16;
-    // Joining the readers takes a moment; after that they wait for the
-    // writers' `secs` and then at most DRAIN for stragglers.
+    let per_writer = |updates: &Vec<Bytes>| ((rate * secs) as usize + 16).min(updates.len());
+    // Joining takes a moment; after that readers wait for the writers'
+    // `secs` and then at most DRAIN for stragglers.
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs) + DRAIN * 3;
 
-    let mut reader_tasks = Vec::with_capacity(readers);
-    let joined: Vec<_> = futures_util::stream::iter(0..readers)
-        .map(|_| fan_out_join(protocol, url, doc))
+    // Per document: updates sent, known once the writers stop.
+    let sent_totals: Vec<Arc<AtomicU64>> = docs.iter().map(|_| Arc::default()).collect();
+    let readers: Vec<usize> = docs
+        .iter()
+        .enumerate()
+        .flat_map(|(d, load)| std::iter::repeat_n(d, load.readers))
+        .collect();
+    let joined: Vec<_> = futures_util::stream::iter(readers)
+        .map(|d| async move { (d, fan_out_join(protocol, url, &docs[d].doc, small).await) })
         .buffer_unordered(32)
         .collect()
         .await;
-    for j in joined {
-        let (_, rx) = j?.split();
-        reader_tasks.push(tokio::spawn(read_updates(
+    let mut reader_tasks = Vec::with_capacity(joined.len());
+    for (d, ws) in joined {
+        let (_, rx) = ws?.split();
+        let capacity = docs[d].writers.iter().map(|u| per_writer(u)).sum::<usize>() + 16;
+        let task = tokio::spawn(read_updates(
             protocol,
             rx,
             capacity,
-            sent_total.clone(),
+            sent_totals[d].clone(),
             writers_done.clone(),
             deadline,
-        )));
+        ));
+        reader_tasks.push((d, task));
     }
-    let mut writers = Vec::with_capacity(writer_updates.len());
-    for updates in writer_updates {
-        let ws = fan_out_join(protocol, url, doc).await?;
-        let frames: Vec<(u64, Message)> = updates
-            .iter()
-            .take(per_writer)
-            .enumerate()
-            .map(|(i, u)| {
-                let msg = match protocol {
-                    Protocol::Folio => frame(client_message::Kind::Update(v1::Update {
-                        doc: doc.to_owned(),
-                        update: u.clone(),
-                        seq: i as u64 + 1,
-                    })),
-                    Protocol::Yjs => yjs::update_frame(u),
-                };
-                (fingerprint(u), msg)
-            })
-            .collect();
-        let (tx, mut rx) = ws.split();
-        // Acks (and other writers' updates) must be read, or TCP stops the writer.
-        let drain = tokio::spawn(async move {
-            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, rx.next()).await {}
-        });
-        writers.push((tx, Arc::new(frames), drain));
+    let mut writers = Vec::new();
+    for (d, load) in docs.iter().enumerate() {
+        for (w, updates) in load.writers.iter().enumerate() {
+            let ws = fan_out_join(protocol, url, &load.doc, small).await?;
+            let frames: Vec<(u64, Message)> = updates
+                .iter()
+                .take(per_writer(updates))
+                .enumerate()
+                .map(|(i, u)| {
+                    let msg = match protocol {
+                        Protocol::Folio => frame(client_message::Kind::Update(v1::Update {
+                            doc: load.doc.clone(),
+                            update: u.clone(),
+                            seq: i as u64 + 1,
+                        })),
+                        Protocol::Yjs => yjs::update_frame(u),
+                    };
+                    (fingerprint(u), msg)
+                })
+                .collect();
+            let (tx, mut rx) = ws.split();
+            // Acks (and other writers' updates) must be read, or TCP stops the writer.
+            let drain = tokio::spawn(async move {
+                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, rx.next()).await {}
+            });
+            writers.push((d, w, tx, Arc::new(frames), drain));
+        }
     }
     let cpu = CpuMeter::start(target.pid);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let end = start + Duration::from_secs_f64(secs);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let n_writers = writers.len().max(1);
     let mut writer_tasks = Vec::with_capacity(writers.len());
     let mut drains = Vec::with_capacity(writers.len());
-    for (tx, frames, drain) in writers {
-        writer_tasks.push(tokio::spawn(write_updates(tx, frames, rate, start, end)));
+    for (k, (d, w, tx, frames, drain)) in writers.into_iter().enumerate() {
+        let phase = period.mul_f64(k as f64 / n_writers as f64);
+        let task = tokio::spawn(write_updates(tx, frames, rate, start + phase, end));
+        writer_tasks.push((d, w, task));
         drains.push(drain);
     }
-    let mut sends: HashMap<u64, Instant> = HashMap::with_capacity(capacity);
+    // Fingerprints are unique within a document, not across documents.
+    let mut sends: HashMap<(usize, u64), Instant> = HashMap::new();
+    let mut sent_by_writer: Vec<Vec<usize>> =
+        docs.iter().map(|l| vec![0; l.writers.len()]).collect();
     let mut first_send: Option<Instant> = None;
-    for w in writer_tasks {
-        let sent = w.await.context("writer task")??;
-        sent_total.fetch_add(sent.len() as u64, Ordering::AcqRel);
+    for (d, w, task) in writer_tasks {
+        let sent = task.await.context("writer task")??;
+        sent_totals[d].fetch_add(sent.len() as u64, Ordering::AcqRel);
+        sent_by_writer[d][w] = sent.len();
         for (fp, at) in sent {
             first_send = Some(first_send.map_or(at, |f| f.min(at)));
-            sends.insert(fp, at);
+            sends.insert((d, fp), at);
         }
     }
     writers_done.store(true, Ordering::Release);
     let (server_cpu, tool_cpu) = cpu.stop();
-    let sent = sent_total.load(Ordering::Acquire) as usize;
-    let mut latencies = Vec::with_capacity(sent * readers);
+    let mut latencies = Vec::new();
     let mut last_receipt: Option<Instant> = None;
     let mut missing = 0;
-    for r in reader_tasks {
-        let got = r.await.context("reader task")?;
+    for (d, task) in reader_tasks {
+        let got = task.await.context("reader task")?;
+        let sent = sent_totals[d].load(Ordering::Acquire) as usize;
         missing += sent.saturating_sub(got.len());
         for (fp, at) in got {
-            if let Some(sent_at) = sends.get(&fp) {
+            if let Some(sent_at) = sends.get(&(d, fp)) {
                 latencies.push(at.saturating_duration_since(*sent_at));
                 last_receipt = Some(last_receipt.map_or(at, |l| l.max(at)));
             }
@@ -372,10 +515,12 @@ pub async fn fan_out(
         _ => 0.0,
     };
     Ok(FanOut {
-        writers: writer_updates.len(),
-        readers,
+        docs: docs.len(),
+        writers: docs.first().map_or(0, |l| l.writers.len()),
+        readers: docs.first().map_or(0, |l| l.readers),
         rate,
-        sent,
+        sent: sent_by_writer.iter().flatten().sum(),
+        sent_by_writer,
         latencies: Latencies::new(latencies),
         deliveries,
         missing,
@@ -390,9 +535,14 @@ pub async fn fan_out(
 }
 
 /// A fan-out client joined to `doc`, synced, in either protocol.
-pub async fn fan_out_join(protocol: Protocol, url: &str, doc: &str) -> anyhow::Result<Ws> {
+pub async fn fan_out_join(
+    protocol: Protocol,
+    url: &str,
+    doc: &str,
+    small: bool,
+) -> anyhow::Result<Ws> {
     Ok(match protocol {
-        Protocol::Folio => join(url, doc, false).await?.0,
+        Protocol::Folio => join(url, doc, small).await?.0,
         Protocol::Yjs => yjs::join(url, doc).await?.0,
     })
 }
@@ -405,11 +555,11 @@ pub async fn fan_out_text(protocol: Protocol, url: &str, doc: &str) -> anyhow::R
     }
 }
 
-fn push_fan_out(rows: &mut Vec<Row>, f: &FanOut, scenario: &str, echo_p50: f64, echo_p99: f64) {
-    let what = format!(
-        "{} writer at {}/s, {} readers",
-        f.writers, f.rate, f.readers
-    );
+/// The rows of one fan-out run: latency percentiles against the echo
+/// baseline, and deliveries per second with CPU use.
+fn push_fan_out(bench: &mut Bench, f: &FanOut, scenario: &str, what: &str) {
+    let (echo_p50, echo_p99) = (bench.echo.small.ms(50.0), bench.echo.small.ms(99.0));
+    let rows = &mut bench.rows;
     rows.push(
         Row::new(
             scenario,

@@ -146,11 +146,23 @@ struct Sizes {
     /// Keystroke rates tried in turn for scenario b (empty: skipped).
     ramp: Vec<f64>,
     ramp_secs: f64,
+    /// Configurations of scenario c, each on its own server.
+    many_docs: Vec<ManyDocs>,
     idle_conns: usize,
     joiners: usize,
     /// Trace txns typed in scenario g (0: the whole trace).
     typing_txns: usize,
     echo_round_trips: usize,
+}
+
+/// Scenario c: `docs` documents, each with `writers` writers at `rate`
+/// keystrokes/s and `readers` readers.
+#[derive(Clone, Copy)]
+struct ManyDocs {
+    docs: usize,
+    writers: usize,
+    readers: usize,
+    rate: f64,
 }
 
 impl Sizes {
@@ -162,6 +174,12 @@ impl Sizes {
                 rates: vec![100.0, 1000.0],
                 ramp: vec![],
                 ramp_secs: 0.0,
+                many_docs: vec![ManyDocs {
+                    docs: 50,
+                    writers: 1,
+                    readers: 3,
+                    rate: 10.0,
+                }],
                 idle_conns: 1000,
                 joiners: 500,
                 typing_txns: 20_000,
@@ -173,6 +191,20 @@ impl Sizes {
                 rates: vec![100.0, 1000.0],
                 ramp: vec![1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 8000.0, 12_000.0],
                 ramp_secs: 4.0,
+                many_docs: vec![
+                    ManyDocs {
+                        docs: 100,
+                        writers: 2,
+                        readers: 8,
+                        rate: 10.0,
+                    },
+                    ManyDocs {
+                        docs: 1000,
+                        writers: 1,
+                        readers: 3,
+                        rate: 5.0,
+                    },
+                ],
                 idle_conns: 10_000,
                 joiners: 500,
                 typing_txns: 0,
@@ -393,6 +425,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if wanted('b') {
         fanout::max_throughput(&mut bench)?;
     }
+    if wanted('c') {
+        fanout::many_documents(&mut bench)?;
+    }
     if yjs {
         for (c, why) in [
             ('d', "runs over the Folio protocol only"),
@@ -416,9 +451,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             durability::run(&mut bench)?;
         }
     }
-    bench
-        .notes
-        .push("c (many documents) and f (cold load) are not measured yet".into());
 
     let Bench {
         rt,
