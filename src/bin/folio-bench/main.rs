@@ -13,15 +13,17 @@
 //! as a child process (this binary re-executed as `serve`, or `--server-bin`),
 //! so its CPU time and RSS are its own. Scenarios (letters as in issue 6):
 //! a. hot-document fan-out, b. maximum fan-out throughput (full profile),
-//! d. idle density, e. join storm, g. durability cost.
+//! c. many documents, d. idle density, e. join storm, f. cold load (the
+//! spawned server evicts after 1 s idle), g. durability cost.
 //!
 //! Layout: this file parses the arguments and runs the scenarios in turn;
-//! `fanout.rs` (a, b), `idle.rs` (d), `join.rs` (e) and `durability.rs` (g)
+//! `fanout.rs` (a, b, c), `idle.rs` (d), `join.rs` (e), `cold.rs` (f) and
+//! `durability.rs` (g)
 //! each measure one scenario and add its rows; `baseline.rs` measures the
 //! limits, `process.rs` spawns and watches servers, `wire.rs` speaks the
 //! protocol, `report.rs` writes the results.
 //!
-//! `--protocol yjs` runs the fan-out scenarios (a, b) over plain y-websocket
+//! `--protocol yjs` runs the fan-out scenarios (a, b, c) over plain y-websocket
 //! instead (see `folio-bench/yjs.rs`), so any Yjs server can be measured the
 //! same way: `--url ws://127.0.0.1:1234/yjs` is then the y-websocket base URL
 //! (clients join `<url>/<doc>`); without `--url`, the spawned Folio's `/yjs`.
@@ -53,6 +55,7 @@ use report::{default_out, fmt, Latencies, Report, Row};
 use wire::splitmix;
 
 mod baseline;
+mod cold;
 mod durability;
 mod fanout;
 mod idle;
@@ -105,7 +108,7 @@ enum Protocol {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Folio's protocol, or plain y-websocket (fan-out scenarios a and b only).
+    /// Folio's protocol, or plain y-websocket (fan-out scenarios a, b and c only).
     #[arg(long, value_enum, default_value = "folio")]
     protocol: Protocol,
     /// Sizes and durations of the run.
@@ -150,6 +153,8 @@ struct Sizes {
     many_docs: Vec<ManyDocs>,
     idle_conns: usize,
     joiners: usize,
+    /// Documents evicted and reloaded in scenario f.
+    cold_docs: usize,
     /// Trace txns typed in scenario g (0: the whole trace).
     typing_txns: usize,
     echo_round_trips: usize,
@@ -182,6 +187,7 @@ impl Sizes {
                 }],
                 idle_conns: 1000,
                 joiners: 500,
+                cold_docs: 10,
                 typing_txns: 20_000,
                 echo_round_trips: 2000,
             },
@@ -207,6 +213,7 @@ impl Sizes {
                 ],
                 idle_conns: 10_000,
                 joiners: 500,
+                cold_docs: 100,
                 typing_txns: 0,
                 echo_round_trips: 20_000,
             },
@@ -432,6 +439,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         for (c, why) in [
             ('d', "runs over the Folio protocol only"),
             ('e', "runs over the Folio protocol only"),
+            ('f', "runs over the Folio protocol only"),
             ('g', "not measurable over y-websocket (no acks)"),
         ] {
             if wanted(c) {
@@ -446,6 +454,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if wanted('e') {
             join::run(&mut bench)?;
+        }
+        if wanted('f') {
+            cold::run(&mut bench)?;
         }
         if wanted('g') {
             durability::run(&mut bench)?;

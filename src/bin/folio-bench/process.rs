@@ -160,8 +160,16 @@ impl Servers {
         })
     }
 
-    /// The external server, or a fresh child on a new temp dir.
+    /// The external server, or a fresh child on a new temp dir that evicts
+    /// nothing mid-measurement.
     pub fn get(&mut self) -> anyhow::Result<Target> {
+        self.get_evicting(3600)
+    }
+
+    /// Like [`Servers::get`], but a spawned server evicts documents after
+    /// `evict_idle_secs` without subscribers (scenario f). An external
+    /// server keeps its own setting.
+    pub fn get_evicting(&mut self, evict_idle_secs: u64) -> anyhow::Result<Target> {
         if let Some(url) = &self.url {
             return Ok(Target {
                 ws_url: url.clone(),
@@ -183,9 +191,8 @@ impl Servers {
             "127.0.0.1:0".to_owned(),
             "--data-dir".to_owned(),
             dir.display().to_string(),
-            // Nothing is evicted or snapshotted on a timer mid-measurement.
             "--evict-idle-secs".to_owned(),
-            "3600".to_owned(),
+            evict_idle_secs.to_string(),
         ];
         let spawned = Spawned::start(
             &self.program,

@@ -151,3 +151,38 @@ pub fn splitmix(state: &mut u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// `GET path` on the HTTP side of the server behind `ws_url`, over plain
+/// HTTP/1.0 (the server closes after the response, so no chunking or
+/// keep-alive to handle); returns the body of a 200 response. Blocking:
+/// call it off the async workers. Used to read `/metrics`.
+pub fn http_get(ws_url: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let host = ws_url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow!("not a ws:// URL: {ws_url}"))?;
+    let mut tcp =
+        std::net::TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    tcp.set_read_timeout(Some(RECV_TIMEOUT))?;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)
+        .with_context(|| format!("reading GET {path}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: no end of headers"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or_default();
+    if status != "200" {
+        bail!("GET {path}: status {status}");
+    }
+    Ok(body.to_owned())
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
