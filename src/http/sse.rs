@@ -94,6 +94,7 @@ fn retry_hint(app: &AppState) -> Event {
         .comment("folio")
 }
 
+#[tracing::instrument(name = "sse", skip_all, fields(doc = %id))]
 pub async fn doc_events(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -132,6 +133,7 @@ pub async fn doc_events(
     Ok(respond(&app, stream))
 }
 
+#[tracing::instrument(name = "sse_all", skip_all, fields(docs = query.docs.as_deref()))]
 pub async fn all_events(
     State(app): State<AppState>,
     Query(query): Query<ResumeQuery>,
@@ -207,6 +209,7 @@ pub async fn all_events(
     Ok(respond(&app, stream))
 }
 
+#[tracing::instrument(name = "sse_text", skip_all, fields(doc = %id))]
 pub async fn text_stream(
     State(app): State<AppState>,
     Path(id): Path<String>,
