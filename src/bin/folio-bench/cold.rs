@@ -30,8 +30,10 @@ const EVICT_IDLE_SECS: u64 = 1;
 const EVICTION_WAIT: Duration = Duration::from_secs(120);
 /// How often `/metrics` is read while waiting.
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// In-process decodes timed, at least.
-const MIN_DECODES: usize = 20;
+/// Untimed in-process decodes before measuring (warm the pool thread).
+const WARM_UP_DECODES: usize = 3;
+/// Timed in-process decodes after each cold load.
+const DECODES_PER_LOAD: usize = 2;
 
 /// What the cold loads measured.
 struct ColdLoad {
@@ -167,13 +169,19 @@ fn measure(bench: &Bench, target: &Target) -> anyhow::Result<ColdLoad> {
     }
     let eviction_wait = idle_from.elapsed();
 
-    // The floor, in this process: decode and apply the same state.
-    let decode = decode_in_process(&state, n.max(MIN_DECODES), expected)?;
-
-    // One at a time, so each load is timed alone.
-    let (cold, warm, server_cpu) = bench.rt.block_on(async {
+    // One document at a time, so each load is timed alone. Between loads,
+    // the floor: the same state decoded in this process on the runtime's
+    // blocking pool, as the server decodes on its own (a thread of the
+    // pool keeps a warm allocator arena; the tool's main thread, whose
+    // arena holds the whole trace, decoded 3× slower). Interleaving puts
+    // both under the same machine noise.
+    let (cold, warm, decode, server_cpu) = bench.rt.block_on(async {
+        for _ in 0..WARM_UP_DECODES {
+            decode_blocking(&state, Some(expected)).await?;
+        }
         let mut cold = Vec::with_capacity(n);
         let mut warm = Vec::with_capacity(n);
+        let mut decode = Vec::with_capacity(n * DECODES_PER_LOAD);
         let cpu = CpuMeter::start(target.pid);
         for doc in &docs {
             let mut first = connect(url, false).await?;
@@ -186,6 +194,10 @@ fn measure(bench: &Bench, target: &Target) -> anyhow::Result<ColdLoad> {
             let t = Instant::now();
             let again = subscribe(&mut second, doc).await?;
             warm.push(t.elapsed());
+            drop((first, second));
+            for _ in 0..DECODES_PER_LOAD {
+                decode.push(decode_blocking(&state, None).await?);
+            }
             let got = text_of(&synced.update)?;
             ensure!(
                 got == expected,
@@ -199,39 +211,42 @@ fn measure(bench: &Bench, target: &Target) -> anyhow::Result<ColdLoad> {
             );
         }
         let (server_cpu, _) = cpu.stop();
-        Ok::<_, anyhow::Error>((cold, warm, server_cpu))
+        Ok::<_, anyhow::Error>((cold, warm, decode, server_cpu))
     })?;
     Ok(ColdLoad {
         docs: n,
         state_bytes: state.len(),
         cold: Latencies::new(cold),
         warm: Latencies::new(warm),
-        decode,
+        decode: Latencies::new(decode),
         server_cpu,
         eviction_wait,
     })
 }
 
-/// `runs` timed decodes of `state` into a fresh doc; checks the text once.
-fn decode_in_process(state: &[u8], runs: usize, expected: &str) -> anyhow::Result<Latencies> {
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs {
+/// One timed decode of `state` into a fresh doc on the blocking pool;
+/// checks the text when `expected` is given (outside the timing).
+async fn decode_blocking(state: &Bytes, expected: Option<&str>) -> anyhow::Result<Duration> {
+    let state = state.clone();
+    let (took, text) = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let doc = new_doc_with_client_id(3);
         let text = doc.get_or_insert_text(TEXT_NAME);
         let update =
-            yrs::Update::decode_v1(state).map_err(|e| anyhow!("state does not decode: {e}"))?;
+            yrs::Update::decode_v1(&state).map_err(|e| anyhow!("state does not decode: {e}"))?;
         doc.transact_mut()
             .apply_update(update)
             .map_err(|e| anyhow!("state does not apply: {e}"))?;
-        times.push(t.elapsed());
-        if i == 0 {
-            let got = text.get_string(&doc.transact());
-            ensure!(
-                got == expected,
-                "decoding the state in-process gives another text"
-            );
-        }
+        let took = t.elapsed();
+        let got = text.get_string(&doc.transact());
+        Ok::<_, anyhow::Error>((took, got))
+    })
+    .await??;
+    if let Some(expected) = expected {
+        ensure!(
+            text == expected,
+            "decoding the state in-process gives another text"
+        );
     }
-    Ok(Latencies::new(times))
+    Ok(took)
 }
