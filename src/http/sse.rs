@@ -111,6 +111,7 @@ pub(super) fn retry_hint(app: &AppState) -> Event {
         .comment("folio")
 }
 
+#[tracing::instrument(name = "sse", skip_all, fields(doc = %id))]
 pub async fn doc_events(
     principal: Principal,
     State(app): State<AppState>,
@@ -151,6 +152,7 @@ pub async fn doc_events(
     Ok(respond(&app, &principal, stream))
 }
 
+#[tracing::instrument(name = "sse_all", skip_all, fields(docs = query.docs.as_deref()))]
 pub async fn all_events(
     principal: Principal,
     State(app): State<AppState>,
@@ -234,6 +236,7 @@ pub async fn all_events(
     Ok(respond(&app, &principal, stream))
 }
 
+#[tracing::instrument(name = "sse_text", skip_all, fields(doc = %id))]
 pub async fn text_stream(
     principal: Principal,
     State(app): State<AppState>,

@@ -12,6 +12,7 @@ use axum::response::Response;
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::AppState;
 use crate::doc::{Outbound, Peer, Wire};
@@ -31,8 +32,12 @@ const WRITE_BUFFER_BYTES: usize = 0;
 
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
     configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+        let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        // Everything logged while serving this socket (session, shards,
+        // loads) carries its id; one span per connection, none per message.
+        let span = tracing::info_span!("ws", conn = id);
         let tracker = app.connections.clone();
-        tracker.track_future(run(socket, app))
+        tracker.track_future(run(socket, app, id).instrument(span))
     })
 }
 
@@ -46,8 +51,7 @@ pub(super) fn configure(ws: WebSocketUpgrade, max_message_bytes: u32) -> WebSock
         .max_frame_size(max + 1)
 }
 
-async fn run(socket: WebSocket, app: AppState) {
-    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+async fn run(socket: WebSocket, app: AppState, id: u64) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
     let peer = Arc::new(Peer::new(id, Wire::Folio, tx));
@@ -63,7 +67,7 @@ async fn run(socket: WebSocket, app: AppState) {
     let expiry = tokio::time::sleep(std::time::Duration::ZERO);
     tokio::pin!(expiry);
     let mut armed = None;
-    tracing::debug!(id, "connection open");
+    tracing::debug!("connection open");
     let flow = loop {
         let deadline = session.expiry_deadline();
         if deadline != armed {
@@ -95,7 +99,7 @@ async fn run(socket: WebSocket, app: AppState) {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Err(e)) => {
-                    tracing::debug!(id, error = %e, "read error");
+                    tracing::debug!(error = %e, "read error");
                     if is_capacity(&e) {
                         Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
                     } else {
@@ -129,7 +133,7 @@ async fn run(socket: WebSocket, app: AppState) {
         // The client went away: nothing more can be written.
         writer.abort();
     }
-    tracing::debug!(id, "connection closed");
+    tracing::debug!("connection closed");
 }
 
 /// Whether a read error is a frame over the size limit (close with 1009).

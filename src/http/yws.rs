@@ -26,6 +26,7 @@ use axum::response::Response;
 use futures_util::stream::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument as _;
 
 use super::ws::{configure, is_capacity, write_loop};
 use super::{ApiError, AppState};
@@ -60,13 +61,19 @@ pub async fn upgrade(
     };
     Ok(
         configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+            let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            // One span per connection (its one document), none per message.
+            let span = tracing::info_span!("yws", conn = id, %doc);
             let tracker = app.connections.clone();
-            tracker.track_future(async move {
-                match access {
-                    Ok(principal) => run(socket, app, doc, principal).await,
-                    Err((code, reason)) => refuse(socket, code, reason).await,
+            tracker.track_future(
+                async move {
+                    match access {
+                        Ok(principal) => run(socket, app, doc, id, principal).await,
+                        Err((code, reason)) => refuse(socket, code, reason).await,
+                    }
                 }
-            })
+                .instrument(span),
+            )
         }),
     )
 }
@@ -84,8 +91,7 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: String) {
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
-async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal) {
-    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: Principal) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
     let peer = Arc::new(Peer::new(id, Wire::YSync, tx));
@@ -107,7 +113,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal)
         KEEPALIVE_EVERY,
     );
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tracing::debug!(id, %doc, "y-websocket connection open");
+    tracing::debug!("y-websocket connection open");
     let flow = loop {
         let flow = tokio::select! {
             biased;
@@ -131,7 +137,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal)
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Err(e)) => {
-                    tracing::debug!(id, error = %e, "read error");
+                    tracing::debug!(error = %e, "read error");
                     if is_capacity(&e) {
                         Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
                     } else {
@@ -146,7 +152,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal)
     };
     session.close();
     if let Some((code, reason)) = flow {
-        tracing::debug!(id, %doc, code, %reason, "closing y-websocket connection");
+        tracing::debug!(code, %reason, "closing y-websocket connection");
         // Applied updates become durable whether or not we wait: there is no
         // ack to send, so close at once.
         let _ = peer.send(Outbound::Close(code, reason)).await;
@@ -157,5 +163,5 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, principal: Principal)
         // The client went away: nothing more can be written.
         writer.abort();
     }
-    tracing::debug!(id, %doc, "y-websocket connection closed");
+    tracing::debug!("y-websocket connection closed");
 }
