@@ -202,9 +202,15 @@ impl DocShard {
     ) -> Result<Self, ShardError> {
         let doc = new_doc();
         let text = doc.get_or_insert_text(TEXT_NAME);
+        // Loaded from a snapshot alone, the snapshot's bytes are the full
+        // state: the first joiners need not wait for an encode.
+        let mut full_state = None;
         let (last_seq, last_change_ms, updates_since_snapshot, last_version) = match stored {
             None => (0, now_ms(), 0, None),
             Some(stored) => {
+                if stored.log.is_empty() {
+                    full_state = stored.snapshot.as_ref().map(|(_, s)| s.state.clone());
+                }
                 let last_seq = stored.last_seq();
                 let pending = stored.log.len() as u64;
                 let last_version = stored
@@ -261,7 +267,7 @@ impl DocShard {
                 last_version,
                 members: Vec::new(),
                 idle_since: Some(Instant::now()),
-                full_state: None,
+                full_state,
                 closed: false,
                 last_delta,
                 want_delta,
