@@ -278,6 +278,15 @@ impl DocShard {
         })
     }
 
+    /// A place in the writer's queue, taken before the lock: the lock is
+    /// never held while waiting for the writer.
+    async fn permit(&self) -> Result<WritePermit<'_>, ShardError> {
+        self.writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)
+    }
+
     /// The document's id.
     pub fn id(&self) -> &DocId {
         &self.id
@@ -391,11 +400,7 @@ impl DocShard {
             decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
         // Reserve the log slot before locking: the lock is never held while
         // waiting for the writer.
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
@@ -551,18 +556,9 @@ impl DocShard {
             if ops.is_empty() {
                 return Ok(None);
             }
-            let permit = self
-                .writer
-                .reserve()
-                .await
-                .map_err(|_| ShardError::ShuttingDown)?;
+            let permit = self.permit().await?;
             let version_permit = match &version {
-                Some(_) => Some(
-                    self.writer
-                        .reserve()
-                        .await
-                        .map_err(|_| ShardError::ShuttingDown)?,
-                ),
+                Some(_) => Some(self.permit().await?),
                 None => None,
             };
             let mut st = self.state.lock();
@@ -604,16 +600,8 @@ impl DocShard {
     ) -> Result<(Applied, Option<Durable>), ShardError> {
         let decoded =
             decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
-        let version_permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
+        let version_permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
@@ -658,11 +646,7 @@ impl DocShard {
         kind: VersionKind,
         label: String,
     ) -> Result<(u64, Version, Durable), ShardError> {
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
