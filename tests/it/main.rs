@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod durability;
+mod fuzz;
 mod history;
 mod http2;
 mod http_api;
