@@ -115,8 +115,12 @@ enum Integrated {
     All,
     /// Nothing new: the doc had all of it already.
     Nothing,
-    /// Only this part; the rest depends on changes the doc lacks.
-    Partly(Update),
+    /// Only `part`; the rest depends on changes the doc lacks, or yrs
+    /// `refused` it (then nothing after it was applied either).
+    Partly {
+        part: Update,
+        refused: Option<String>,
+    },
 }
 
 /// A peer subscribed to this document, and the awareness client ids it set.
@@ -438,15 +442,16 @@ impl DocShard {
         st.want_delta.store(want_delta, Ordering::Relaxed);
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = st.awareness.doc().transact_mut();
-            txn.apply_update(decoded).map_err(|e| e.to_string())?;
+            // yrs stops at the first block it cannot integrate (one whose
+            // parent is not a type), keeping the blocks before it.
+            let refused = txn.apply_update(decoded).err().map(|e| e.to_string());
             // Parts that build on or delete items this document lacks would
             // wait in yrs as "pending" state, which snapshots, joiners and
             // the log never see, and which a later update could bring to
             // life in memory only. Drop them, and keep what did integrate.
-            if txn.prune_pending().is_some() {
-                let integrated =
-                    Update::decode_v1(&txn.encode_update_v1()).map_err(|e| e.to_string())?;
-                return Ok(Integrated::Partly(integrated));
+            if txn.prune_pending().is_some() || refused.is_some() {
+                let part = Update::decode_v1(&txn.encode_update_v1()).map_err(|e| e.to_string())?;
+                return Ok(Integrated::Partly { part, refused });
             }
             // A resend of what we already have (a reconnecting client's
             // unacked updates, an empty update): nothing to log or send.
@@ -478,12 +483,14 @@ impl DocShard {
                 });
             }
             // Nothing integrated: the doc is as it was.
-            Integrated::Partly(part) if part.is_empty() => {
-                return Err(ShardError::MissingDependencies)
+            Integrated::Partly { part, refused } if part.is_empty() => {
+                return Err(refused.map_or(ShardError::MissingDependencies, |reason| {
+                    ShardError::InvalidUpdate(reason)
+                }));
             }
             // Log and send what the doc now holds, so that the log, the
             // other clients and memory agree.
-            Integrated::Partly(part) => {
+            Integrated::Partly { part, .. } => {
                 counts = (
                     id_set_len(&part.insertions(false)),
                     id_set_len(part.delete_set()),
@@ -1338,5 +1345,41 @@ mod tests {
         }
         let copy_text = copy.get_or_insert_text(TEXT_NAME);
         assert_eq!(copy_text.get_string(&copy.transact()), text);
+    }
+
+    /// Found by the `session` fuzz target: an update whose block names a
+    /// piece of text as its parent made yrs fail mid-apply, and the shard
+    /// closed itself, dropping every subscriber of the document; any client
+    /// could repeat it at will. Nothing of it integrates, so it is refused
+    /// and the document and its subscribers carry on.
+    #[tokio::test]
+    async fn an_update_with_a_text_item_as_parent_is_refused_without_closing_the_shard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        let (tx, _rx) = mpsc::channel(16);
+        let watcher = Arc::new(Peer::new(3, Wire::Folio, tx));
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        let applied = shard
+            .apply_update(insert_update(1, "hello"), "t", None)
+            .await
+            .expect("apply");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        // lib0 v1: one client (2) with one struct at clock 0: a string item
+        // (info 4) with no origins, whose parent is the id <1#0> (the "h"),
+        // holding "x"; then an empty delete set.
+        let hostile = Bytes::from_static(&[1, 1, 2, 0, 4, 0, 1, 0, 1, b'x', 0]);
+        assert!(Update::decode_v1(&hostile).is_ok(), "the update decodes");
+        let refused = shard.apply_update(hostile, "mallory", None).await;
+        assert!(
+            matches!(&refused, Err(ShardError::InvalidUpdate(r)) if r.contains("parent")),
+            "{refused:?}"
+        );
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().subscribers, 1);
+        assert!(watcher.take_dropped().is_empty());
+        assert_eq!(
+            (shard.text(), shard.info().last_seq),
+            ("hello".to_owned(), 1)
+        );
     }
 }
