@@ -18,8 +18,12 @@ for target in "${targets[@]}"; do
   echo "== $target: $seconds s"
   # -s none: Folio forbids unsafe code, and a sanitizer halves the speed;
   # release with debug assertions and overflow checks (cargo-fuzz's -O).
+  # -fork=1 -ignore_crashes=1: a crash is saved and the run goes on, so
+  # that one known finding does not end it.
   cargo fuzz run -O -s none "$target" -- \
-    -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 >"fuzz/logs/$target.log" 2>&1 || echo "$target: stopped with $? (see fuzz/logs/$target.log)"
-  grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "fuzz/logs/$target.log" || true
+    -fork=1 -ignore_crashes=1 -max_total_time="$seconds" -max_len=8192 \
+    -timeout=10 -rss_limit_mb=2048 >"fuzz/logs/$target.log" 2>&1 ||
+    echo "$target: stopped with $? (see fuzz/logs/$target.log)"
+  # The last status line: executions, exec/s, crashes, seconds.
+  grep -E '^#[0-9]+: cov' "fuzz/logs/$target.log" | tail -1 || true
 done

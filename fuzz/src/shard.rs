@@ -97,20 +97,26 @@ pub fn run_raw(data: &[u8]) {
 
 /// The `shard_mutate` input: choices for [`crate::mutate::update`].
 pub fn run_structured(data: &[u8]) {
-    let h = harness();
+    if let Some((base, len, updates)) = plan(data) {
+        harness().run(base, len, &updates);
+    }
+}
+
+/// What a `shard_mutate` input does: the base trace, how many of its
+/// updates, then the mutated updates; `None` if the input runs out first.
+pub fn plan(data: &[u8]) -> Option<(usize, usize, Vec<Bytes>)> {
+    let pool = &harness().pool;
     let mut u = Unstructured::new(data);
     let mut plan = || -> arbitrary::Result<(usize, usize, Vec<Bytes>)> {
-        let base = u.choose_index(h.pool.typed.len())?;
-        let len = u.int_in_range(0..=h.pool.typed[base].len())?;
+        let base = u.choose_index(pool.typed.len())?;
+        let len = u.int_in_range(0..=pool.typed[base].len())?;
         let mut updates = Vec::new();
         for _ in 0..u.int_in_range(1..=4u8)? {
-            updates.push(crate::mutate::update(&mut u, &h.pool, len)?);
+            updates.push(crate::mutate::update(&mut u, pool, len)?);
         }
         Ok((base, len, updates))
     };
-    if let Ok((base, len, updates)) = plan() {
-        h.run(base, len, &updates);
-    }
+    plan().ok()
 }
 
 impl Harness {
