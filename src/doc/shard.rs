@@ -1074,10 +1074,12 @@ impl FrameCache {
 }
 
 /// How many clock units an id set covers.
+/// Saturates: a hostile update can claim ranges that add up past `u32::MAX`
+/// (or, wrapped in decoding, end before they start).
 fn id_set_len(set: &yrs::IdSet) -> u32 {
     set.iter()
-        .map(|(_, ranges)| ranges.iter().map(|r| r.end - r.start).sum::<u32>())
-        .sum()
+        .flat_map(|(_, ranges)| ranges.iter())
+        .fold(0u32, |n, r| n.saturating_add(r.end.saturating_sub(r.start)))
 }
 
 /// The `user` part of `client`'s awareness state, or `None` if it has none.
@@ -1381,5 +1383,30 @@ mod tests {
             (shard.text(), shard.info().last_seq),
             ("hello".to_owned(), 1)
         );
+    }
+
+    /// Found by replaying the `shard_update` corpus in a debug build: the
+    /// sizes of a hostile update's delete set were summed with `+`, which
+    /// overflowed (a panic outside any guard in debug builds, a wrong count
+    /// in release ones) before the update was even applied.
+    #[tokio::test]
+    async fn deletions_claiming_more_than_u32_max_items_are_refused_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        // lib0 v1: no structs; a delete set of two clients, each deleting
+        // 0xF000_0000 items from clock 0.
+        let huge = [128, 128, 128, 128, 15];
+        let mut bytes = vec![0, 2];
+        for client in [1, 2] {
+            bytes.extend([client, 1, 0]);
+            bytes.extend(huge);
+        }
+        let refused = shard.apply_update(Bytes::from(bytes), "mallory", None).await;
+        assert!(
+            matches!(refused, Err(ShardError::MissingDependencies)),
+            "{refused:?}"
+        );
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().last_seq, 0);
     }
 }
