@@ -16,11 +16,12 @@ export RUSTC_BOOTSTRAP=1
 mkdir -p fuzz/logs
 for target in "${targets[@]}"; do
   echo "== $target: $seconds s"
-  # -s none: Folio forbids unsafe code, and a sanitizer halves the speed;
-  # release with debug assertions and overflow checks (cargo-fuzz's -O).
+  # -O -a: optimised, with debug assertions and overflow checks as in the
+  # test builds. -s none: Folio forbids unsafe code, and a sanitizer halves
+  # the speed on two cores.
   # -fork=1 -ignore_crashes=1: a crash is saved and the run goes on, so
   # that one known finding does not end it.
-  cargo fuzz run -O -s none "$target" -- \
+  cargo fuzz run -O -a -s none "$target" -- \
     -fork=1 -ignore_crashes=1 -max_total_time="$seconds" -max_len=8192 \
     -timeout=10 -rss_limit_mb=2048 >"fuzz/logs/$target.log" 2>&1 ||
     echo "$target: stopped with $? (see fuzz/logs/$target.log)"

@@ -1401,7 +1401,9 @@ mod tests {
             bytes.extend([client, 1, 0]);
             bytes.extend(huge);
         }
-        let refused = shard.apply_update(Bytes::from(bytes), "mallory", None).await;
+        let refused = shard
+            .apply_update(Bytes::from(bytes), "mallory", None)
+            .await;
         assert!(
             matches!(refused, Err(ShardError::MissingDependencies)),
             "{refused:?}"
