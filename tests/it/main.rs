@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod durability;
+mod fuzz;
 mod history;
 mod http2;
 mod http_api;
