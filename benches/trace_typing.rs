@@ -366,6 +366,7 @@ async fn connect_and_subscribe(url: &str) -> anyhow::Result<(Ws, v1::Limits)> {
         client_message::Kind::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: "trace_typing".into(),
+            ..Default::default()
         }),
     )
     .await?;
@@ -382,6 +383,7 @@ async fn connect_and_subscribe(url: &str) -> anyhow::Result<(Ws, v1::Limits)> {
         client_message::Kind::Subscribe(v1::Subscribe {
             doc: DOC_ID.into(),
             state_vector: Bytes::new(),
+            ..Default::default()
         }),
     )
     .await?;

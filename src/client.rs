@@ -63,6 +63,19 @@ impl Connection {
     /// # Errors
     /// Connection failures or a refused `Hello`.
     pub async fn connect(url: &str, client_name: &str) -> Result<Self, ClientError> {
+        Self::connect_with_token(url, client_name, "").await
+    }
+
+    /// As [`Connection::connect`], presenting `token` (a JWT; empty for
+    /// none) in `Hello` for the whole connection.
+    ///
+    /// # Errors
+    /// Connection failures or a refused `Hello` (a bad token included).
+    pub async fn connect_with_token(
+        url: &str,
+        client_name: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         let mut conn = Self {
             ws,
@@ -72,6 +85,7 @@ impl Connection {
         conn.send(client_message::Kind::Hello(v1::Hello {
             protocol_version: crate::protocol::PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
+            token: token.to_owned(),
         }))
         .await?;
         match conn.recv().await? {
@@ -201,6 +215,8 @@ pub struct Editor {
     conn: Option<Connection>,
     doc_id: String,
     name: String,
+    /// The token presented in `Hello` (empty: none).
+    token: String,
     doc: Doc,
     text: TextRef,
     next_seq: u64,
@@ -233,18 +249,41 @@ impl Editor {
         name: &str,
         doc: Doc,
     ) -> Result<Self, ClientError> {
+        let mut editor = Self::detached(doc_id, name, doc);
+        editor.reconnect(url).await?;
+        Ok(editor)
+    }
+
+    /// An editor that has not connected yet.
+    fn detached(doc_id: &str, name: &str, doc: Doc) -> Self {
         let text = doc.get_or_insert_text(TEXT_NAME);
-        let mut editor = Self {
+        Self {
             conn: None,
             doc_id: doc_id.to_owned(),
             name: name.to_owned(),
+            token: String::new(),
             doc,
             text,
             next_seq: 1,
             unacked: BTreeMap::new(),
             synced_awareness: Bytes::new(),
             synced_update_bytes: 0,
-        };
+        }
+    }
+
+    /// As [`Editor::join`], presenting `token` in `Hello` (and again on
+    /// every reconnect).
+    ///
+    /// # Errors
+    /// Connection, authorization, subscription or sync failures.
+    pub async fn join_with_token(
+        url: &str,
+        doc_id: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        let mut editor = Self::detached(doc_id, name, new_doc());
+        editor.token = token.to_owned();
         editor.reconnect(url).await?;
         Ok(editor)
     }
@@ -269,24 +308,46 @@ impl Editor {
     /// # Errors
     /// Connection or sync failures.
     pub async fn reconnect(&mut self, url: &str) -> Result<(), ClientError> {
-        let mut conn = Connection::connect(url, &self.name).await?;
+        let conn = Connection::connect_with_token(url, &self.name, &self.token).await?;
+        self.conn = Some(conn);
+        if let Err(e) = self.resubscribe().await {
+            self.conn = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Subscribes (again) on the current connection, after the server ended
+    /// the subscription (`SLOW_CONSUMER`, `TOKEN_EXPIRED` and a `Reauth`, …),
+    /// and exchanges what each side lacks, as [`Editor::reconnect`] does.
+    /// Messages that arrive before `Synced` are handled as by [`Editor::pump`].
+    ///
+    /// # Errors
+    /// Offline, a refused `Subscribe`, or sync failures.
+    pub async fn resubscribe(&mut self) -> Result<(), ClientError> {
         let sv = self.doc.transact().state_vector().encode_v1();
-        conn.send(client_message::Kind::Subscribe(v1::Subscribe {
-            doc: self.doc_id.clone(),
-            state_vector: sv.into(),
-        }))
-        .await?;
+        let doc = self.doc_id.clone();
+        self.conn_mut()?
+            .send(client_message::Kind::Subscribe(v1::Subscribe {
+                doc: doc.clone(),
+                state_vector: sv.into(),
+                ..Default::default()
+            }))
+            .await?;
         let synced = loop {
-            match conn.recv().await? {
-                server_message::Kind::Synced(s) => break s,
-                server_message::Kind::Error(e) => return Err(ClientError::Refused(e)),
-                _ => continue,
+            match self.recv_raw().await? {
+                server_message::Kind::Synced(s) if s.doc == doc => break s,
+                server_message::Kind::Error(e) if e.doc == doc && e.seq == 0 => {
+                    return Err(ClientError::Refused(e))
+                }
+                other => {
+                    self.handle(other)?;
+                }
             }
         };
         self.apply_remote(&synced.update)?;
         self.synced_awareness = synced.awareness;
         self.synced_update_bytes = synced.update.len();
-        self.conn = Some(conn);
         let server_sv = StateVector::decode_v1(&synced.state_vector)
             .map_err(|e| ClientError::Yrs(e.to_string()))?;
         let missing = self.doc.transact().encode_diff_v1(&server_sv);
@@ -294,6 +355,35 @@ impl Editor {
             self.send_update(Bytes::from(missing)).await?;
         }
         Ok(())
+    }
+
+    /// Replaces the connection's token (`Reauth`) and waits for `Reauthed`;
+    /// later reconnects present the new token. Messages that arrive in
+    /// between are handled as by [`Editor::pump`]. Returns the new expiry
+    /// (ms since the epoch; 0 for a server without access control).
+    ///
+    /// # Errors
+    /// Offline, or the token was refused ([`ClientError::Refused`]).
+    pub async fn reauth(&mut self, token: &str) -> Result<u64, ClientError> {
+        self.conn_mut()?
+            .send(client_message::Kind::Reauth(v1::Reauth {
+                token: token.to_owned(),
+            }))
+            .await?;
+        loop {
+            match self.recv_raw().await? {
+                server_message::Kind::Reauthed(r) => {
+                    self.token = token.to_owned();
+                    return Ok(r.expires_at_ms);
+                }
+                server_message::Kind::Error(e) if e.doc.is_empty() && e.seq == 0 => {
+                    return Err(ClientError::Refused(e))
+                }
+                other => {
+                    self.handle(other)?;
+                }
+            }
+        }
     }
 
     /// The document id.
@@ -453,7 +543,15 @@ impl Editor {
                     awareness: r.awareness,
                 }
             }
-            server_message::Kind::Error(e) => Event::Error(e),
+            server_message::Kind::Error(e) => {
+                // A refused update will never be acknowledged (a storage
+                // failure may still be, once resent); the diff after the
+                // next Synced carries its changes.
+                if e.seq != 0 && e.code != crate::protocol::ErrorCode::StorageFailure as i32 {
+                    self.unacked.remove(&e.seq);
+                }
+                Event::Error(e)
+            }
             other => Event::Other(other),
         })
     }

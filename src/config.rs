@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::AuthSecret;
 use crate::doc::ShardSettings;
 use crate::feed::FeedSettings;
 use crate::history::retention::RetentionPolicy;
@@ -95,6 +96,22 @@ pub struct ServeConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
     #[arg(long, env = "FOLIO_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Secret (at least 32 bytes) that signs access tokens (HS256 JWTs; mint
+    /// them with `folio token`). Without it the server runs open: no access
+    /// control at all, for local development only.
+    #[arg(long, env = "FOLIO_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<AuthSecret>,
+
+    /// Run open (no --auth-secret) even on a non-loopback address.
+    #[arg(long, env = "FOLIO_INSECURE_OPEN")]
+    pub insecure_open: bool,
+
+    /// Comma-separated browser origins (`https://app.example.com`) allowed to
+    /// open WebSockets and SSE streams or call the API; requests from other
+    /// origins get 403. Empty: every origin.
+    #[arg(long, env = "FOLIO_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 impl ServeConfig {
@@ -122,6 +139,9 @@ impl ServeConfig {
             compact_interval_secs: 3600,
             tls_cert: None,
             tls_key: None,
+            auth_secret: None,
+            insecure_open: false,
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -12,6 +12,8 @@
 //!   group-commit writer that makes updates durable before they are acknowledged.
 //! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors.
 //! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
+//! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, the HTTP
+//!   extractor and the `--allowed-origins` check.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
 //! - [`history`]: past states rebuilt from snapshots and the log: versions, points, diffs,
@@ -23,6 +25,7 @@
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
 //! - [`trace`]: the editing traces in `../shared/traces`, for tests and benchmarks.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Mint an access token (signed with --auth-secret) and print it.
+    Token(folio::auth::TokenArgs),
     /// List the documents of a data dir.
     Docs {
         #[command(flatten)]
@@ -110,6 +112,13 @@ fn main() -> ExitCode {
     folio::telemetry::init();
     let result = match cli.command {
         Command::Serve(config) => return exit(serve(config)),
+        Command::Token(args) => {
+            return exit(
+                args.mint()
+                    .map(|token| println!("{token}"))
+                    .map_err(anyhow::Error::msg),
+            )
+        }
         Command::Docs { dir, prefix, json } => cli::docs(&dir, &prefix, json).map(print),
         Command::Export {
             dir,

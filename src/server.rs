@@ -32,6 +32,8 @@ pub enum ServerError {
     Flush(#[from] crate::store::WriteFailed),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
 }
 
 /// The storage half of a server: store, writer thread and registry.
@@ -80,14 +82,25 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     crate::metrics::install();
     check_fd_limit(&config);
-    // Before the store: a bad certificate must not cost a data-dir lock.
+    // Before the store: a bad certificate or an unsafe auth setting must
+    // not cost a data-dir lock.
     let tls = crate::tls::acceptor(&config)?;
+    let auth = Arc::new(crate::auth::Auth::for_server(
+        config.auth_secret.as_ref(),
+        config.insecure_open,
+        listener.local_addr()?,
+    )?);
     let Storage {
         registry,
         writer_thread,
     } = Storage::open(&config.data_dir, &config)?;
     let cancel = CancellationToken::new();
-    let state = AppState::new(registry.clone(), config.clone(), cancel.clone());
+    let state = AppState::new(
+        registry.clone(),
+        config.clone(),
+        cancel.clone(),
+        auth.clone(),
+    );
     let connections = state.connections.clone();
     let upkeep = tokio::spawn(upkeep_loop(
         registry.clone(),
@@ -103,6 +116,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         tls = tls.is_some(),
+        auth = if auth.is_open() { "open" } else { "tokens" },
         data_dir = %config.data_dir.display(),
         "folio serving"
     );

@@ -4,8 +4,14 @@
 //! queues replies on its [`Peer`]; it never touches the socket, so the
 //! transport around it (`http::ws`) stays a thin loop. A bad message ends at
 //! most this session, never a shard or another client.
+//!
+//! Access control: each subscription keeps the `Grant` (verified token)
+//! that opened it, from `Subscribe.token` or else the connection's token
+//! (`Hello` or `Reauth`). Tokens are verified only when they arrive; an
+//! `Update` costs one role comparison, and expiry is a deadline the
+//! transport sleeps on ([`Session::expiry_deadline`], [`Session::on_expiry`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +19,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use prost::Message;
+use tokio::time::Instant;
 
+use crate::auth::{Action, Auth, AuthError, Principal, Role};
 use crate::doc::{
     DocId, DocRegistry, DocShard, DropReason, Outbound, Peer, RegistryError, ShardError,
 };
@@ -75,14 +83,65 @@ pub struct AckOutcome {
 
 type AckFuture = Pin<Box<dyn Future<Output = AckOutcome> + Send>>;
 
+/// A verified token as a session holds it: what it allows, and the instant
+/// it stops allowing it (on the runtime's clock, for the expiry timer).
+#[derive(Clone)]
+struct Grant {
+    principal: Arc<Principal>,
+    /// `None`: never expires (open mode).
+    deadline: Option<Instant>,
+}
+
+impl Grant {
+    fn new(principal: Principal) -> Self {
+        // An expiry too far ahead for the clock to represent is "never".
+        let deadline = principal
+            .remaining()
+            .and_then(|left| Instant::now().checked_add(left));
+        Self {
+            principal: Arc::new(principal),
+            deadline,
+        }
+    }
+
+    fn expired_at(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
+/// A document this session follows, and the grant that lets it.
+struct Subscription {
+    shard: Arc<DocShard>,
+    grant: Grant,
+}
+
 /// One client's session. See the module docs.
 pub struct Session {
     peer: Arc<Peer>,
     registry: Arc<DocRegistry>,
     limits: SessionLimits,
-    /// The author recorded for this session's updates; `None` until `Hello`.
+    auth: Arc<Auth>,
+    /// The author recorded for this session's updates and presence: the
+    /// client name from `Hello`, replaced by the token's `sub` if it has one.
+    /// `None` until `Hello`.
     author: Option<String>,
-    subs: HashMap<DocId, Arc<DocShard>>,
+    /// The `sub` of the first token this connection presented. Every later
+    /// token must name the same user, so one socket has one author.
+    identity: Option<Option<String>>,
+    /// The connection's token (from `Hello` or `Reauth`); in open mode, the
+    /// open principal.
+    grant: Option<Grant>,
+    /// The connection's token expired and no `Reauth` came since.
+    grant_expired: bool,
+    subs: HashMap<DocId, Subscription>,
+    /// Documents whose subscription an expiry ended, so that late messages
+    /// for them get `TOKEN_EXPIRED` rather than `NOT_SUBSCRIBED`. Cleared
+    /// by `Reauth`; at most `max_docs_per_connection` entries (past that,
+    /// late messages get `NOT_SUBSCRIBED`, which asks for the same fix).
+    expired_docs: HashSet<DocId>,
+    /// The earliest deadline among the grants in use, recomputed whenever
+    /// they change, so the transport's timer never scans them.
+    next_expiry: Option<Instant>,
     /// Updates applied but not yet durable. At most `max_unacked_updates`.
     acks: FuturesOrdered<AckFuture>,
     rates: ConnectionRates,
@@ -93,13 +152,24 @@ pub struct Session {
 
 impl Session {
     /// A session that has not said `Hello` yet.
-    pub fn new(peer: Arc<Peer>, registry: Arc<DocRegistry>, limits: SessionLimits) -> Self {
+    pub fn new(
+        peer: Arc<Peer>,
+        registry: Arc<DocRegistry>,
+        limits: SessionLimits,
+        auth: Arc<Auth>,
+    ) -> Self {
         Self {
             peer,
             registry,
             limits,
+            auth,
             author: None,
+            identity: None,
+            grant: None,
+            grant_expired: false,
             subs: HashMap::new(),
+            expired_docs: HashSet::new(),
+            next_expiry: None,
             acks: FuturesOrdered::new(),
             rates: ConnectionRates::new(&limits.rates),
             resync: Vec::new(),
@@ -119,7 +189,7 @@ impl Session {
         let mut i = 0;
         while i < self.resync.len() {
             let doc = &self.resync[i];
-            let Some(shard) = self.subs.get(doc).cloned() else {
+            let Some(shard) = self.subs.get(doc).map(|sub| sub.shard.clone()) else {
                 self.resync.swap_remove(i);
                 continue;
             };
@@ -177,6 +247,116 @@ impl Session {
         self.reply(frame).await
     }
 
+    /// When the next token in use expires: the transport sleeps until then
+    /// and calls [`Session::on_expiry`]. `None` while nothing can expire.
+    pub fn expiry_deadline(&self) -> Option<Instant> {
+        self.next_expiry
+    }
+
+    /// A token expired: the subscriptions it opened end, each with
+    /// `Error{doc, TOKEN_EXPIRED}` (its presence is removed, as on
+    /// unsubscribe), and if it was the connection's token the client gets
+    /// `Error{"", TOKEN_EXPIRED}` and may subscribe nothing more until a
+    /// `Reauth` (unless a `Subscribe` brings its own token). Updates applied
+    /// before the expiry still get their acks.
+    pub async fn on_expiry(&mut self) -> Flow {
+        let now = Instant::now();
+        let expired: Vec<DocId> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| sub.grant.expired_at(now))
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        let conn_expired = self.grant.as_ref().is_some_and(|g| g.expired_at(now));
+        if conn_expired {
+            self.grant = None;
+            self.grant_expired = true;
+        }
+        for doc in &expired {
+            if let Some(sub) = self.subs.remove(doc) {
+                sub.shard.unsubscribe(self.peer.id());
+            }
+            if self.expired_docs.len() < self.limits.max_docs_per_connection as usize {
+                self.expired_docs.insert(doc.clone());
+            }
+        }
+        self.recompute_expiry();
+        tracing::debug!(
+            peer = self.peer.id(),
+            docs = expired.len(),
+            conn_expired,
+            "token expired"
+        );
+        if conn_expired {
+            let flow = self
+                .error(
+                    "",
+                    ErrorCode::TokenExpired,
+                    "the connection's token expired: send Reauth with a fresh one",
+                    0,
+                )
+                .await;
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+        for doc in expired {
+            let flow = self
+                .error(
+                    doc.as_str(),
+                    ErrorCode::TokenExpired,
+                    "the token for this document expired and the subscription ended: \
+                     Reauth (or Subscribe with a fresh token), then Subscribe again",
+                    0,
+                )
+                .await;
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn recompute_expiry(&mut self) {
+        self.next_expiry = self
+            .subs
+            .values()
+            .map(|sub| &sub.grant)
+            .chain(self.grant.as_ref())
+            .filter_map(|g| g.deadline)
+            .min();
+    }
+
+    /// Verifies a token presented on this connection and checks that it
+    /// names the same user as the connection's first token. In open mode
+    /// every token, even none, is the open principal.
+    fn verify(&mut self, token: &str) -> Result<Grant, (ErrorCode, String)> {
+        let principal = self
+            .auth
+            .verify(token)
+            .map_err(|e: AuthError| (e.code(), e.to_string()))?;
+        if self.auth.is_open() {
+            return Ok(Grant::new(principal));
+        }
+        let sub = principal.sub().map(str::to_owned);
+        match &self.identity {
+            None => {
+                if let Some(sub) = &sub {
+                    self.author = Some(sub.clone());
+                }
+                self.identity = Some(sub);
+            }
+            Some(identity) if *identity != sub => {
+                return Err((
+                    ErrorCode::Forbidden,
+                    "the token names a different user than this connection's first token".into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(Grant::new(principal))
+    }
+
     /// Handles what the shards told this connection's peer: documents it
     /// fell behind (resynced once the queue drains, see
     /// [`Session::on_drained`]), and documents that dropped it (reloaded or
@@ -191,6 +371,7 @@ impl Session {
         for (doc, reason) in self.peer.take_dropped() {
             self.resync.retain(|d| *d != doc);
             if self.subs.remove(&doc).is_some() {
+                self.recompute_expiry();
                 let (code, message) = match reason {
                     DropReason::Reloaded => (
                         ErrorCode::DocReloaded,
@@ -259,6 +440,7 @@ impl Session {
                 self.reply(protocol::encode(Kind::Pong(v1::Pong { nonce: ping.nonce })))
                     .await
             }
+            K::Reauth(reauth) => self.on_reauth(reauth).await,
         }
     }
 
@@ -280,8 +462,8 @@ impl Session {
     /// Ends every subscription (removing this client's presence). Call once
     /// when the socket closes.
     pub fn close(&mut self) {
-        for (_, shard) in self.subs.drain() {
-            shard.unsubscribe(self.peer.id());
+        for (_, sub) in self.subs.drain() {
+            sub.shard.unsubscribe(self.peer.id());
         }
     }
 
@@ -312,6 +494,21 @@ impl Session {
             name = format!("conn-{}", self.peer.id());
         }
         self.author = Some(name);
+        // Open mode: the connection may do anything. With tokens: a token in
+        // Hello is the connection's; none means each Subscribe brings one.
+        if self.auth.is_open() || !hello.token.is_empty() {
+            match self.verify(&hello.token) {
+                Ok(grant) => {
+                    self.grant = Some(grant);
+                    self.recompute_expiry();
+                }
+                Err((code, message)) => {
+                    return self
+                        .refuse_and_close(code, message, close::POLICY_VIOLATION, "token refused")
+                        .await
+                }
+            }
+        }
         let welcome = v1::Welcome {
             protocol_version: PROTOCOL_VERSION,
             connection_id: self.peer.id(),
@@ -338,6 +535,15 @@ impl Session {
                     .await
             }
         };
+        let grant = match self.grant_for(&sub.token) {
+            Ok(grant) => grant,
+            Err((code, message)) => return self.error(&sub.doc, code, message, 0).await,
+        };
+        if let Err(denied) = grant.principal.require(Action::Read, &doc) {
+            return self
+                .error(&sub.doc, denied.code(), denied.to_string(), 0)
+                .await;
+        }
         if self.subs.contains_key(&doc) {
             return self
                 .error(
@@ -365,7 +571,9 @@ impl Session {
             let author = self.author.as_deref().unwrap_or_default();
             match shard.subscribe(&self.peer, author, &sub.state_vector) {
                 Ok(()) => {
-                    self.subs.insert(doc, shard);
+                    self.expired_docs.remove(&doc);
+                    self.subs.insert(doc, Subscription { shard, grant });
+                    self.recompute_expiry();
                     // The Synced went in whatever the room: like any reply,
                     // read nothing more until the queue is under its bound.
                     self.peer.room().await;
@@ -379,37 +587,86 @@ impl Session {
             .await
     }
 
+    /// The grant a `Subscribe` carrying `token` (maybe empty) subscribes under.
+    fn grant_for(&mut self, token: &str) -> Result<Grant, (ErrorCode, String)> {
+        if !token.is_empty() && !self.auth.is_open() {
+            return self.verify(token);
+        }
+        match &self.grant {
+            Some(grant) if !grant.expired_at(Instant::now()) => Ok(grant.clone()),
+            Some(_) => Err((
+                ErrorCode::TokenExpired,
+                "the connection's token expired: send Reauth with a fresh one".into(),
+            )),
+            None if self.grant_expired => Err((
+                ErrorCode::TokenExpired,
+                "the connection's token expired: send Reauth with a fresh one".into(),
+            )),
+            None => Err((
+                ErrorCode::Unauthorized,
+                "no token: send one in Hello, Reauth or this Subscribe".into(),
+            )),
+        }
+    }
+
+    /// Replaces the connection's token. Subscriptions the new token covers
+    /// take its role and expiry (a role can go down as well as up); others
+    /// keep the token they were opened with. Answered by `Reauthed`.
+    async fn on_reauth(&mut self, reauth: v1::Reauth) -> Flow {
+        let grant = match self.verify(&reauth.token) {
+            Ok(grant) => grant,
+            Err((code, message)) => return self.error("", code, message, 0).await,
+        };
+        for (doc, sub) in &mut self.subs {
+            if grant.principal.covers(doc) {
+                sub.grant = grant.clone();
+            }
+        }
+        let expires_at_ms = grant.principal.expires_at_ms();
+        self.grant = Some(grant);
+        self.grant_expired = false;
+        self.expired_docs.clear();
+        self.recompute_expiry();
+        self.reply(protocol::encode(Kind::Reauthed(v1::Reauthed {
+            expires_at_ms,
+        })))
+        .await
+    }
+
     async fn on_unsubscribe(&mut self, unsub: v1::Unsubscribe) -> Flow {
-        let shard = DocId::parse(&unsub.doc)
+        let sub = DocId::parse(&unsub.doc)
             .ok()
             .and_then(|doc| self.subs.remove(&doc));
-        match shard {
-            Some(shard) => {
-                self.resync.retain(|d| d != shard.id());
-                shard.unsubscribe(self.peer.id());
+        match sub {
+            Some(sub) => {
+                self.recompute_expiry();
+                self.resync.retain(|d| d != sub.shard.id());
+                sub.shard.unsubscribe(self.peer.id());
                 self.reply(protocol::encode(Kind::Unsubscribed(v1::Unsubscribed {
                     doc: unsub.doc,
                 })))
                 .await
             }
-            None => {
-                self.error(&unsub.doc, ErrorCode::NotSubscribed, "not subscribed", 0)
-                    .await
-            }
+            None => self.not_subscribed(&unsub.doc, "not subscribed", 0).await,
         }
     }
 
     async fn on_update(&mut self, update: v1::Update) -> Flow {
-        let Some((doc, shard)) = self.subscribed(&update.doc) else {
+        let Some((doc, shard, role)) = self.subscribed(&update.doc) else {
+            return self
+                .not_subscribed(&update.doc, "subscribe before sending updates", update.seq)
+                .await;
+        };
+        if role < Role::Write {
             return self
                 .error(
                     &update.doc,
-                    ErrorCode::NotSubscribed,
-                    "subscribe before sending updates",
+                    ErrorCode::ReadOnly,
+                    "the token for this document is read-only: update not applied",
                     update.seq,
                 )
                 .await;
-        };
+        }
         if let Err(wait) = self.rates.check(rate::Kind::Update) {
             return self.rate_limited(&update.doc, update.seq, wait).await;
         }
@@ -444,14 +701,9 @@ impl Session {
     }
 
     async fn on_awareness(&mut self, awareness: v1::Awareness) -> Flow {
-        let Some((doc, shard)) = self.subscribed(&awareness.doc) else {
+        let Some((doc, shard, _)) = self.subscribed(&awareness.doc) else {
             return self
-                .error(
-                    &awareness.doc,
-                    ErrorCode::NotSubscribed,
-                    "subscribe before sending awareness",
-                    0,
-                )
+                .not_subscribed(&awareness.doc, "subscribe before sending awareness", 0)
                 .await;
         };
         if let Err(wait) = self.rates.check(rate::Kind::Awareness) {
@@ -466,10 +718,25 @@ impl Session {
         }
     }
 
-    fn subscribed(&self, doc: &str) -> Option<(DocId, Arc<DocShard>)> {
+    /// The subscription to `doc`, with the role its grant gives.
+    fn subscribed(&self, doc: &str) -> Option<(DocId, Arc<DocShard>, Role)> {
         let doc = DocId::parse(doc).ok()?;
-        let shard = self.subs.get(&doc)?.clone();
-        Some((doc, shard))
+        let sub = self.subs.get(&doc)?;
+        let (shard, role) = (sub.shard.clone(), sub.grant.principal.role());
+        Some((doc, shard, role))
+    }
+
+    /// Refuses a message for a document the session does not follow:
+    /// `TOKEN_EXPIRED` if an expiry ended that subscription, else
+    /// `NOT_SUBSCRIBED`.
+    async fn not_subscribed(&mut self, doc: &str, message: &str, seq: u64) -> Flow {
+        let expired = DocId::parse(doc).is_ok_and(|id| self.expired_docs.contains(&id));
+        if expired {
+            let message = "the token for this document expired: Reauth, then Subscribe again";
+            return self.error(doc, ErrorCode::TokenExpired, message, seq).await;
+        }
+        self.error(doc, ErrorCode::NotSubscribed, message, seq)
+            .await
     }
 
     /// A closed shard (poisoned) or one that no longer lists us ends the subscription.
@@ -479,6 +746,7 @@ impl Session {
         }
         if matches!(e, ShardError::Closed | ShardError::NotSubscribed) || shard.is_closed() {
             self.subs.remove(doc);
+            self.recompute_expiry();
         }
     }
 

@@ -21,6 +21,13 @@
 //!    the provider relays every presence it hears back to the server, so an
 //!    echo would send each presence change back to each client twice.
 //!
+//! Access control happens at the upgrade (`http::yws`: the token in
+//! `?token=`); the session only learns its author and whether it may write.
+//! A read-only client's step 2 and updates are dropped unapplied: the socket
+//! stays open (closing would only make the provider reconnect and send the
+//! same step 2 again), and the first non-empty one is answered with a
+//! y-protocols "permission denied" auth message, which the provider logs.
+//!
 //! Frames are parsed with yrs's readers into message boundaries only: each
 //! payload is handed to the shard as a slice of the frame, and the shard
 //! decodes and checks it once. A bad message closes this socket with a close
@@ -60,8 +67,16 @@ pub mod close {
     };
     /// A write failed or the document could not be opened.
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The client fell behind the document and was dropped from it, or the
-    /// server holds all the documents it may and cannot load this one.
+    /// No token, or an invalid one. In the 4400-4499 range, which the
+    /// provider treats as final: it stops reconnecting and emits `closed`,
+    /// so the app can set a fresh `params.token` and call `connect()`.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The token does not cover this document. Final, like 4401.
+    pub const FORBIDDEN: u16 = 4403;
+    /// The token expired while the socket was open. Final, like 4401:
+    /// reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4440;
+    /// The server holds all the documents it may and cannot load this one.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub use crate::session::close::{PING_TIMEOUT, STALLED};
     /// An update would make the document larger than the server allows.
@@ -157,8 +172,12 @@ pub struct YSession {
     registry: Arc<DocRegistry>,
     doc: DocId,
     limits: SessionLimits,
-    /// Recorded as the author of this connection's updates.
+    /// Recorded as the author of this connection's updates and presence.
     author: String,
+    /// The token allows updates. Otherwise they are dropped (module docs).
+    can_write: bool,
+    /// The client was told once that its updates are refused.
+    told_read_only: bool,
     /// The shard, once the client's first message subscribed it.
     shard: Option<Arc<DocShard>>,
     /// Applied updates not yet durable. At most `max_unacked_updates`.
@@ -168,9 +187,9 @@ pub struct YSession {
     /// the client's step 1 and ours) and the coming step 2 will cover it.
     step2_due: bool,
     rates: ConnectionRates,
-    /// Set when an update was dropped for the rate limit: once the bucket
-    /// has refilled (after this long from when it was set), the client is
-    /// sent our step 1, and its step 2 brings back what was dropped.
+    /// Set when an update was dropped for the rate limit: at this time (when
+    /// the bucket has refilled) the client is sent our step 1, and its step
+    /// 2 brings back what was dropped.
     rate_resync: Option<tokio::time::Instant>,
     /// The shard left this connection behind: resync once the queue drains.
     resync_due: bool,
@@ -192,6 +211,8 @@ impl YSession {
             doc,
             limits,
             author,
+            can_write: true,
+            told_read_only: false,
             shard: None,
             writes: FuturesOrdered::new(),
             step2_due: false,
@@ -258,6 +279,17 @@ impl YSession {
         if kind == rate::Kind::Update && self.rate_resync.is_none() {
             self.rate_resync = Some(tokio::time::Instant::now() + wait);
         }
+    }
+
+    /// Applies what the connection's token allows: its `sub` (if any)
+    /// becomes the author, and without the write role updates are dropped.
+    #[must_use]
+    pub fn with_access(mut self, sub: Option<&str>, can_write: bool) -> Self {
+        if let Some(sub) = sub {
+            self.author = sub.to_owned();
+        }
+        self.can_write = can_write;
+        self
     }
 
     /// Whether the transport may read another frame: not while
@@ -423,6 +455,9 @@ impl YSession {
         if update.as_ref() == EMPTY_UPDATE {
             return Flow::Continue;
         }
+        if !self.can_write {
+            return self.refuse_read_only().await;
+        }
         if let Err(wait) = self.rates.check(rate::Kind::Update) {
             // y-protocols have no error message: drop it, and ask for it
             // back (step 1) once the bucket refills.
@@ -464,6 +499,20 @@ impl YSession {
             }
             Err(e) => self.shard_error(shard, e),
         }
+    }
+
+    /// Drops an update from a read-only client, telling it the first time.
+    async fn refuse_read_only(&mut self) -> Flow {
+        crate::metrics::error(crate::protocol::ErrorCode::ReadOnly);
+        tracing::debug!(peer = self.peer.id(), doc = %self.doc, "read-only: update dropped");
+        if self.told_read_only {
+            return Flow::Continue;
+        }
+        self.told_read_only = true;
+        self.reply(ysync::permission_denied(
+            "read-only token: updates are not applied",
+        ))
+        .await
     }
 
     async fn awareness(&mut self, update: Bytes) -> Flow {
@@ -607,7 +656,7 @@ impl YSession {
 }
 
 /// A close with `reason` cut to what a close frame can carry.
-fn close_with(code: u16, reason: impl Into<String>) -> Flow {
+pub(crate) fn close_with(code: u16, reason: impl Into<String>) -> Flow {
     let mut reason = reason.into();
     if reason.len() > MAX_CLOSE_REASON_BYTES {
         let mut cut = MAX_CLOSE_REASON_BYTES;

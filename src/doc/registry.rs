@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
+use tracing::Instrument as _;
 
 use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
 use super::DocId;
@@ -212,7 +213,14 @@ impl DocRegistry {
             // A failed load leaves the cell empty and the slot in place, so
             // that a concurrent waiter on the same slot can retry it; a slot
             // is only removed once it holds a closed shard.
-            let shard = slot.shard.get_or_try_init(|| self.load(id)).await?;
+            let shard = slot
+                .shard
+                .get_or_try_init(|| {
+                    // Once per load, so never on a hot path.
+                    self.load(id)
+                        .instrument(tracing::info_span!("doc_load", doc = %id))
+                })
+                .await?;
             if !shard.is_closed() {
                 return Ok(shard.clone());
             }
@@ -321,7 +329,7 @@ impl DocRegistry {
         if created {
             feed.lifecycle("created");
         }
-        tracing::debug!(doc = %id, "document loaded");
+        tracing::debug!("document loaded");
         Ok(Arc::new(shard))
     }
 

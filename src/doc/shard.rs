@@ -20,7 +20,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{
     ClientID, Doc, GetString, Observable, OffsetKind, Options, ReadTxn, StateVector, StickyIndex,
-    Text, TextRef, Transact, TransactionMut, Update,
+    Text, TextRef, Transact, TransactionMut, Update, WriteTxn,
 };
 
 use super::peer::{DropReason, Peer, SendError, Wire};
@@ -120,6 +120,20 @@ pub struct Applied {
     pub doc_seq: u64,
     /// Completes once the update is durable.
     pub durable: Durable,
+}
+
+/// What applying an update did to the doc.
+enum Integrated {
+    /// All of it.
+    All,
+    /// Nothing new: the doc had all of it already.
+    Nothing,
+    /// Only `part`; the rest depends on changes the doc lacks, or yrs
+    /// `refused` it (then nothing after it was applied either).
+    Partly {
+        part: Update,
+        refused: Option<String>,
+    },
 }
 
 /// A peer subscribed to this document, and the awareness client ids it set.
@@ -237,9 +251,15 @@ impl DocShard {
         let doc = new_doc();
         let text = doc.get_or_insert_text(TEXT_NAME);
         let mut stored_bytes = 0u64;
+        // Loaded from a snapshot alone, the snapshot's bytes are the full
+        // state: the first joiners need not wait for an encode.
+        let mut full_state = None;
         let (last_seq, last_change_ms, updates_since_snapshot, last_version) = match stored {
             None => (0, now_ms(), 0, None),
             Some(stored) => {
+                if stored.log.is_empty() {
+                    full_state = stored.snapshot.as_ref().map(|(_, s)| s.state.clone());
+                }
                 let last_seq = stored.last_seq();
                 let pending = stored.log.len() as u64;
                 let last_version = stored
@@ -297,7 +317,7 @@ impl DocShard {
                 last_version,
                 members: Vec::new(),
                 idle_since: Some(Instant::now()),
-                full_state: None,
+                full_state,
                 closed: false,
                 size_measured: 0,
                 size_since: stored_bytes,
@@ -308,6 +328,15 @@ impl DocShard {
             writer,
             settings,
         })
+    }
+
+    /// A place in the writer's queue, taken before the lock: the lock is
+    /// never held while waiting for the writer.
+    async fn permit(&self) -> Result<WritePermit<'_>, ShardError> {
+        self.writer
+            .reserve()
+            .await
+            .map_err(|_| ShardError::ShuttingDown)
     }
 
     /// The document's id.
@@ -416,11 +445,7 @@ impl DocShard {
             decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
         // Reserve the log slot before locking: the lock is never held while
         // waiting for the writer.
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
@@ -454,7 +479,7 @@ impl DocShard {
         if !all_blocks_known {
             self.check_size(&mut st, update.len() as u64)?;
         }
-        let counts = (
+        let mut counts = (
             id_set_len(&decoded.insertions(false)),
             id_set_len(decoded.delete_set()),
         );
@@ -462,15 +487,28 @@ impl DocShard {
         st.want_delta.store(want_delta, Ordering::Relaxed);
         let applied = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = st.awareness.doc().transact_mut();
-            txn.apply_update(decoded)?;
+            // yrs stops at the first block it cannot integrate (one whose
+            // parent is not a type), keeping the blocks before it.
+            let refused = txn.apply_update(decoded).err().map(|e| e.to_string());
+            // Parts that build on or delete items this document lacks would
+            // wait in yrs as "pending" state, which snapshots, joiners and
+            // the log never see, and which a later update could bring to
+            // life in memory only. Drop them, and keep what did integrate.
+            if txn.prune_pending().is_some() || refused.is_some() {
+                let part = Update::decode_v1(&txn.encode_update_v1()).map_err(|e| e.to_string())?;
+                return Ok(Integrated::Partly { part, refused });
+            }
             // A resend of what we already have (a reconnecting client's
             // unacked updates, an empty update): nothing to log or send.
-            Ok::<bool, yrs::error::UpdateError>(all_blocks_known && txn.delete_set().is_empty())
+            if all_blocks_known && txn.delete_set().is_empty() {
+                return Ok(Integrated::Nothing);
+            }
+            Ok::<_, String>(Integrated::All)
         }));
-        let (failure, duplicate) = match applied {
-            Ok(Ok(duplicate)) => (None, duplicate),
-            Ok(Err(e)) => (Some(e.to_string()), false),
-            Err(_) => (Some("panic while applying".to_owned()), false),
+        let (failure, integrated) = match applied {
+            Ok(Ok(integrated)) => (None, integrated),
+            Ok(Err(e)) => (Some(e), Integrated::Nothing),
+            Err(_) => (Some("panic while applying".to_owned()), Integrated::Nothing),
         };
         if let Some(reason) = failure {
             // The doc may be half-changed: drop it, so the next use reloads
@@ -479,14 +517,32 @@ impl DocShard {
             self.poison(&mut st);
             return Err(ShardError::InvalidUpdate(reason));
         }
-        if duplicate {
-            // Durable once whatever is queued before it is: that includes
-            // the update this one repeats, if it is still on its way.
-            return Ok(Applied {
-                doc_seq: st.last_seq,
-                durable: permit.send(WriteOp::Barrier),
-            });
-        }
+        let update = match integrated {
+            Integrated::All => update,
+            Integrated::Nothing => {
+                // Durable once whatever is queued before it is: that includes
+                // the update this one repeats, if it is still on its way.
+                return Ok(Applied {
+                    doc_seq: st.last_seq,
+                    durable: permit.send(WriteOp::Barrier),
+                });
+            }
+            // Nothing integrated: the doc is as it was.
+            Integrated::Partly { part, refused } if part.is_empty() => {
+                return Err(refused.map_or(ShardError::MissingDependencies, |reason| {
+                    ShardError::InvalidUpdate(reason)
+                }));
+            }
+            // Log and send what the doc now holds, so that the log, the
+            // other clients and memory agree.
+            Integrated::Partly { part, .. } => {
+                counts = (
+                    id_set_len(&part.insertions(false)),
+                    id_set_len(part.delete_set()),
+                );
+                Bytes::from(part.encode_v1())
+            }
+        };
         Ok(self.commit(&mut st, permit, update, author, counts, want_delta, from))
     }
 
@@ -613,18 +669,9 @@ impl DocShard {
             if ops.is_empty() {
                 return Ok(None);
             }
-            let permit = self
-                .writer
-                .reserve()
-                .await
-                .map_err(|_| ShardError::ShuttingDown)?;
+            let permit = self.permit().await?;
             let version_permit = match &version {
-                Some(_) => Some(
-                    self.writer
-                        .reserve()
-                        .await
-                        .map_err(|_| ShardError::ShuttingDown)?,
-                ),
+                Some(_) => Some(self.permit().await?),
                 None => None,
             };
             let mut st = self.state.lock();
@@ -666,16 +713,8 @@ impl DocShard {
     ) -> Result<(Applied, Option<Durable>), ShardError> {
         let decoded =
             decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
-        let version_permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
+        let version_permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
@@ -720,11 +759,7 @@ impl DocShard {
         kind: VersionKind,
         label: String,
     ) -> Result<(u64, Version, Durable), ShardError> {
-        let permit = self
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
+        let permit = self.permit().await?;
         let mut st = self.state.lock();
         if st.closed {
             return Err(ShardError::Closed);
@@ -1208,10 +1243,12 @@ impl FrameCache {
 }
 
 /// How many clock units an id set covers.
+/// Saturates: a hostile update can claim ranges that add up past `u32::MAX`
+/// (or, wrapped in decoding, end before they start).
 fn id_set_len(set: &yrs::IdSet) -> u32 {
     set.iter()
-        .map(|(_, ranges)| ranges.iter().map(|r| r.end - r.start).sum::<u32>())
-        .sum()
+        .flat_map(|(_, ranges)| ranges.iter())
+        .fold(0u32, |n, r| n.saturating_add(r.end.saturating_sub(r.start)))
 }
 
 /// The `user` part of `client`'s awareness state, or `None` if it has none.
@@ -1523,5 +1560,158 @@ mod tests {
             shard.set_text(&big, "t", None, false).await,
             Err(ShardError::TooLarge { .. })
         ));
+    }
+
+    /// A shard over `store`, as [`new_shard`] makes, loaded from what the
+    /// store holds.
+    fn load_shard(store: &Arc<dyn DocStore>, writer: &StoreWriter) -> DocShard {
+        let id = DocId::parse("d").expect("id");
+        let stored = store.load(&id).expect("load");
+        DocShard::load(id, stored, writer.clone(), settings(), feed()).expect("loads")
+    }
+
+    /// Client 7's "hello", and client 8's deletion of its "ell".
+    fn hello_and_deletion() -> (Bytes, Bytes) {
+        let insert = insert_update(7, "hello");
+        let other = Doc::with_client_id(8);
+        let text = other.get_or_insert_text(TEXT_NAME);
+        let update = Update::decode_v1(&insert).expect("decodes");
+        other.transact_mut().apply_update(update).expect("applies");
+        let mut txn = other.transact_mut();
+        text.remove_range(&mut txn, 1, 3);
+        (insert, Bytes::from(txn.encode_update_v1()))
+    }
+
+    /// Found while writing the shard fuzz harness (its reload check): a
+    /// deletion of text the document did not have yet was acknowledged as a resend but kept
+    /// pending in memory, unlogged and unsent; once the text arrived, memory
+    /// said "ho" while the log, a reload and every other client said "hello".
+    #[tokio::test]
+    async fn deletions_of_text_the_document_lacks_are_refused_and_leave_nothing_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store.clone(), 16).expect("writer");
+        let shard = load_shard(&store, &writer);
+        let (insert, deletion) = hello_and_deletion();
+        let refused = shard.apply_update(deletion, "mallory", None).await;
+        assert!(
+            matches!(refused, Err(ShardError::MissingDependencies)),
+            "{refused:?}"
+        );
+        assert_eq!(shard.info().last_seq, 0);
+        let applied = shard.apply_update(insert, "t", None).await.expect("insert");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        assert_eq!(shard.text(), "hello");
+        assert_eq!(load_shard(&store, &writer).text(), "hello");
+    }
+
+    /// An update of which only a part integrates is logged and sent as
+    /// that part, so memory, the log and the other clients agree. (Before,
+    /// the rest stayed pending in memory, but not in the next snapshot: once
+    /// the missing text came, memory deleted it and a reload did not.)
+    #[tokio::test]
+    async fn an_update_that_partly_integrates_is_logged_and_sent_as_that_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store.clone(), 16).expect("writer");
+        let shard = load_shard(&store, &writer);
+        let (watcher, mut rx) = Peer::channel(3, Wire::Folio, 1 << 20);
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        let (insert, deletion) = hello_and_deletion();
+        let mixed =
+            yrs::merge_updates_v1([&insert_update(10, "X")[..], &deletion[..]]).expect("merges");
+        let applied = shard
+            .apply_update(Bytes::from(mixed), "mallory", None)
+            .await
+            .expect("the part that integrates applies");
+        assert_eq!(applied.doc_seq, 1);
+        assert_eq!(shard.text(), "X");
+        // Two more updates: a snapshot after the third (`settings`), which
+        // holds no pending state, so a reload starts from there.
+        for (client, text) in [(11, "Y"), (12, "Z")] {
+            let update = insert_update(client, text);
+            shard.apply_update(update, "t", None).await.expect("apply");
+        }
+        let applied = shard.apply_update(insert, "t", None).await.expect("insert");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        let text = shard.text();
+        assert_eq!(text.replace(['X', 'Y', 'Z'], ""), "hello", "{text}");
+        assert_eq!(load_shard(&store, &writer).text(), text);
+        // The watcher, from what it was sent, has the same text.
+        let copy = Doc::new();
+        while let Some(super::super::Outbound::Frame(frame)) = rx.try_recv() {
+            let msg = <protocol::ServerMessage as prost::Message>::decode(frame).expect("frame");
+            let update = match msg.kind {
+                Some(Kind::Synced(s)) => s.update,
+                Some(Kind::Update(u)) => u.update,
+                _ => continue,
+            };
+            let update = Update::decode_v1(&update).expect("decodes");
+            copy.transact_mut().apply_update(update).expect("applies");
+        }
+        let copy_text = copy.get_or_insert_text(TEXT_NAME);
+        assert_eq!(copy_text.get_string(&copy.transact()), text);
+    }
+
+    /// Found by the `session` fuzz target: an update whose block names a
+    /// piece of text as its parent made yrs fail mid-apply, and the shard
+    /// closed itself, dropping every subscriber of the document; any client
+    /// could repeat it at will. Nothing of it integrates, so it is refused
+    /// and the document and its subscribers carry on.
+    #[tokio::test]
+    async fn an_update_with_a_text_item_as_parent_is_refused_without_closing_the_shard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        let (watcher, _rx) = Peer::channel(3, Wire::Folio, 1 << 20);
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        let applied = shard
+            .apply_update(insert_update(1, "hello"), "t", None)
+            .await
+            .expect("apply");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        // lib0 v1: one client (2) with one struct at clock 0: a string item
+        // (info 4) with no origins, whose parent is the id <1#0> (the "h"),
+        // holding "x"; then an empty delete set.
+        let hostile = Bytes::from_static(&[1, 1, 2, 0, 4, 0, 1, 0, 1, b'x', 0]);
+        assert!(Update::decode_v1(&hostile).is_ok(), "the update decodes");
+        let refused = shard.apply_update(hostile, "mallory", None).await;
+        assert!(
+            matches!(&refused, Err(ShardError::InvalidUpdate(r)) if r.contains("parent")),
+            "{refused:?}"
+        );
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().subscribers, 1);
+        assert!(watcher.take_dropped().is_empty());
+        assert_eq!(
+            (shard.text(), shard.info().last_seq),
+            ("hello".to_owned(), 1)
+        );
+    }
+
+    /// Found by replaying the `shard_update` corpus in a debug build: the
+    /// sizes of a hostile update's delete set were summed with `+`, which
+    /// overflowed (a panic outside any guard in debug builds, a wrong count
+    /// in release ones) before the update was even applied.
+    #[tokio::test]
+    async fn deletions_claiming_more_than_u32_max_items_are_refused_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        // lib0 v1: no structs; a delete set of two clients, each deleting
+        // 0xF000_0000 items from clock 0.
+        let huge = [128, 128, 128, 128, 15];
+        let mut bytes = vec![0, 2];
+        for client in [1, 2] {
+            bytes.extend([client, 1, 0]);
+            bytes.extend(huge);
+        }
+        let refused = shard
+            .apply_update(Bytes::from(bytes), "mallory", None)
+            .await;
+        assert!(
+            matches!(refused, Err(ShardError::MissingDependencies)),
+            "{refused:?}"
+        );
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().last_seq, 0);
     }
 }

@@ -1,6 +1,7 @@
 //! The REST API: health, document listing, text and state reads, and raw
 //! update writes for server-side writers. Doc ids go in one path segment:
-//! encode `/` in an id as `%2F`.
+//! encode `/` in an id as `%2F`. Every handler that touches documents takes
+//! the request's [`Principal`] and checks it (see [`crate::auth`]).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +16,7 @@ use super::history::json_body;
 use super::{ApiError, AppState};
 use yrs::updates::decoder::Decode;
 
+use crate::auth::{Action, Principal};
 use crate::doc::{decode_guarded, DocId, Initial, ShardError};
 use crate::history;
 use crate::store::VersionKind;
@@ -46,7 +48,10 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A page of documents. With a token, only those it covers are shown, so a
+/// page may hold fewer than `limit` while `next_cursor` goes on.
 pub async fn list_docs(
+    principal: Principal,
     State(app): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -64,7 +69,8 @@ pub async fn list_docs(
         },
     };
     let prefix = query.prefix.unwrap_or_default();
-    let (docs, next_cursor) = app.registry.list_page(&prefix, query.cursor, limit).await?;
+    let (mut docs, next_cursor) = app.registry.list_page(&prefix, query.cursor, limit).await?;
+    docs.retain(|d| DocId::parse(&d.id).is_ok_and(|id| principal.can(Action::Read, &id)));
     Ok(Json(json!({ "docs": docs, "next_cursor": next_cursor })))
 }
 
@@ -75,12 +81,16 @@ struct NewDoc {
 }
 
 /// Creates a document, optionally with a first text (its first version).
+/// Needs `write` (as the first update to a new document would).
 pub async fn create_doc(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Write, &doc)?;
+    let author = principal.sub().unwrap_or("http").to_owned();
     let NewDoc { text } = json_body(&body)?;
     let initial = match text {
         Some(text) if !text.is_empty() => Initial::Text(text),
@@ -88,7 +98,7 @@ pub async fn create_doc(
     };
     let shard = app
         .registry
-        .create(&doc, initial, "http", VersionKind::Import, String::new())
+        .create(&doc, initial, &author, VersionKind::Import, String::new())
         .await?;
     let info = shard.info();
     Ok((
@@ -97,12 +107,14 @@ pub async fn create_doc(
     ))
 }
 
-/// Deletes a document and its history; its subscribers are told.
+/// Deletes a document and its history; its subscribers are told. Admin only.
 pub async fn delete_doc(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Admin, &doc)?;
     app.registry.delete(&doc).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -114,13 +126,16 @@ struct CopyBody {
     version: Option<u64>,
 }
 
-/// Forks a document at a version (default: its latest state) into a new one.
+/// Forks a document at a version (default: its latest state) into a new
+/// one. Needs `read` on the source and `write` on the copy.
 pub async fn copy_doc(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let source = DocId::parse(&id)?;
+    principal.require(Action::Read, &source)?;
     let CopyBody { to, version } = json_body(&body)?;
     let target = DocId::parse(to.as_deref().ok_or_else(|| {
         ApiError::new(
@@ -129,6 +144,7 @@ pub async fn copy_doc(
             "give {\"to\": <new doc id>, \"version\": <version id, optional>}",
         )
     })?)?;
+    principal.require(Action::Write, &target)?;
     let key = source.clone();
     app.registry
         .writer()
@@ -169,10 +185,12 @@ pub async fn copy_doc(
 }
 
 pub async fn text(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let shard = app.registry.get(&doc, false).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -181,10 +199,12 @@ pub async fn text(
 }
 
 pub async fn state(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let shard = app.registry.get(&doc, false).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -194,12 +214,16 @@ pub async fn state(
 
 /// Applies a raw Yjs v1 update (the body). Answers once it is durable, with
 /// the document's sequence number for it. Creates the document if needed.
+/// The author is the token's `sub`, else `http`.
 pub async fn update(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Write, &doc)?;
+    let author = principal.sub().unwrap_or("http");
     // The router's body limit is max_message_bytes; over it, reading fails.
     let body = body.map_err(|e| {
         ApiError::new(
@@ -216,7 +240,7 @@ pub async fn update(
     let mut attempt = 0;
     let applied = loop {
         let shard = app.registry.get(&doc, true).await?;
-        match shard.apply_update(body.clone(), "http", None).await {
+        match shard.apply_update(body.clone(), author, None).await {
             Err(ShardError::Closed) if attempt < 2 => attempt += 1,
             other => break other?,
         }

@@ -1,7 +1,9 @@
 //! The history API: versions, the text at any point, attributed diffs,
 //! replay as SSE, and restore. Reads run on blocking threads over the
 //! store, after a writer barrier, so everything acknowledged is visible.
-//! See [`crate::history`] for what points and versions are.
+//! See [`crate::history`] for what points and versions are. Reading history
+//! needs `read` on the document, labelling a version `write`, and restore
+//! `admin`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::sse::{respond, retry_hint};
 use super::{ApiError, AppState};
+use crate::auth::{Action, Principal};
 use crate::doc::{DocId, ShardError};
 use crate::history::{self, HistoryError, Replayer, Step, VersionInfo};
 use crate::store::{DocStore, VersionKind};
@@ -80,10 +83,12 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned + Default>(
 }
 
 pub async fn list_versions(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let key = doc.clone();
     let (versions, latest_seq) = read(&app, move |store| {
         let versions = history::versions(store, &key)?;
@@ -104,11 +109,13 @@ struct NewVersion {
 }
 
 pub async fn create_version(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Write, &doc)?;
     let NewVersion { label } = json_body(&body)?;
     let label = label.unwrap_or_default();
     if label.len() > MAX_LABEL_BYTES {
@@ -137,10 +144,12 @@ async fn version_point(
 }
 
 pub async fn version_text(
+    principal: Principal,
     State(app): State<AppState>,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let rebuilt = version_point(&app, &doc, &version).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -149,10 +158,12 @@ pub async fn version_text(
 }
 
 pub async fn version_state(
+    principal: Principal,
     State(app): State<AppState>,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let rebuilt = version_point(&app, &doc, &version).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -167,11 +178,13 @@ pub struct AtQuery {
 }
 
 pub async fn at(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<AtQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     enum Point {
         Seq(u64),
         Time(i64),
@@ -240,11 +253,13 @@ async fn range(app: &AppState, doc: &DocId, q: &RangeQuery) -> Result<(u64, u64)
 }
 
 pub async fn diff(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<RangeQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let (from, to) = range(&app, &doc, &query).await?;
     let changes = read(&app, move |store| history::diff(store, &doc, from, to)).await?;
     Ok(Json(changes))
@@ -262,12 +277,14 @@ enum ReplayItem {
 }
 
 pub async fn replay(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<RangeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let (mut from, to) = range(&app, &doc, &query).await?;
     let speed = match &query.speed {
         None => 1.0,
@@ -346,7 +363,7 @@ pub async fn replay(
         }
         yield Ok(Event::default().event("end").id(to.to_string()).data(json!({ "seq": to }).to_string()));
     };
-    Ok(respond(&app, stream))
+    Ok(respond(&app, &principal, stream))
 }
 
 /// Runs on a blocking thread: computes the replay and feeds it to `tx`,
@@ -399,11 +416,13 @@ struct RestoreBody {
 }
 
 pub async fn restore(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Admin, &doc)?;
     let RestoreBody { version } = json_body(&body)?;
     let version =
         version.ok_or_else(|| bad_request("invalid_json", "give {\"version\": <version id>}"))?;

@@ -8,13 +8,14 @@ mod error;
 mod history;
 mod metrics;
 mod sse;
+mod web;
 mod ws;
 mod yws;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 pub use conns::{ConnectionLimiter, ConnectionPermit, Refused};
 pub use error::ApiError;
 
+use crate::auth::{AllowedOrigins, Auth};
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 
@@ -40,14 +42,24 @@ pub struct AppState {
     pub replays: Arc<tokio::sync::Semaphore>,
     /// Caps on open WebSockets and SSE streams (see [`conns`]).
     pub conns: Arc<ConnectionLimiter>,
+    /// Verifies tokens (or lets everyone in, in open mode): see [`crate::auth`].
+    pub auth: Arc<Auth>,
+}
+
+/// Lets handlers take a [`crate::auth::Principal`] argument.
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
 }
 
 impl AppState {
-    /// The state of a server over `registry` with `config`.
+    /// The state of a server over `registry` with `config`, checking access with `auth`.
     pub fn new(
         registry: Arc<DocRegistry>,
         config: ServeConfig,
         shutdown: CancellationToken,
+        auth: Arc<Auth>,
     ) -> Self {
         let conns = ConnectionLimiter::new(
             config.limits.max_connections,
@@ -61,6 +73,7 @@ impl AppState {
             connections: TaskTracker::new(),
             next_connection_id: Arc::new(AtomicU64::new(1)),
             replays: Arc::new(tokio::sync::Semaphore::new(history::MAX_REPLAYS)),
+            auth,
         }
     }
 }
@@ -100,10 +113,20 @@ pub fn app(state: AppState) -> Router {
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))
+        // The browser pages (web/): demo editor, watcher, replay.
+        .route("/", get(web::home))
+        .route("/d/{*doc}", get(web::editor))
+        .route("/watch/{*doc}", get(web::watch))
+        .route("/replay/{*doc}", get(web::replay))
+        .route("/assets/{file}", get(web::asset))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(
             state.config.max_message_bytes as usize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AllowedOrigins::new(&state.config.allowed_origins),
+            crate::auth::check_origin,
         ))
         .with_state(state)
 }

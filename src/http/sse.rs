@@ -4,6 +4,11 @@
 //! - `GET /docs/{id}/text/stream`: the text, then coalesced deltas;
 //! - `GET /events?docs=a,b`: several documents (or all) on one stream.
 //!
+//! Each stream needs a token that may read its documents (the all-documents
+//! feed: admin over `*`), and ends when that token expires; the browser's
+//! `EventSource` then reconnects, with a fresh `?token=` if the page gave
+//! it one.
+//!
 //! Every stream reads from a bounded broadcast channel; a watcher that falls
 //! behind gets a `reset` (or a fresh `text`) instead of growing memory, and a
 //! watcher that goes away is dropped as soon as its connection closes.
@@ -23,6 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::{ApiError, AppState};
+use crate::auth::{Action, Principal};
 use crate::doc::{DocId, RegistryError};
 use crate::feed::delta::{self, Op};
 use crate::feed::{DocFeed, FeedEvent, FeedHub, Start, WatchGuard};
@@ -67,7 +73,7 @@ fn sse_event(hub: &FeedHub, e: &FeedEvent, n: u64) -> Event {
 }
 
 /// Wraps a stream with keep-alives and the headers proxies need.
-pub(super) fn respond<S>(app: &AppState, stream: S) -> Response
+pub(super) fn respond<S>(app: &AppState, principal: &Principal, stream: S) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
@@ -83,7 +89,18 @@ where
     ];
     // Streams end when the server shuts down, so the graceful shutdown is
     // not held up by watchers that would never leave by themselves.
-    let stream = stream.take_until(app.shutdown.clone().cancelled_owned());
+    let shutdown = app.shutdown.clone().cancelled_owned();
+    // And when the token expires: the client reconnects with a fresh one.
+    let expiry = principal
+        .remaining()
+        .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
+    let end = async move {
+        tokio::select! {
+            () = shutdown => {},
+            () = expiry => {},
+        }
+    };
+    let stream = stream.take_until(end);
     (headers, Sse::new(stream).keep_alive(keep_alive)).into_response()
 }
 
@@ -94,13 +111,16 @@ pub(super) fn retry_hint(app: &AppState) -> Event {
         .comment("folio")
 }
 
+#[tracing::instrument(name = "sse", skip_all, fields(doc = %id))]
 pub async fn doc_events(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     let feed = open_feed(&app, &doc).await?;
     let guard = feed.watch();
     let (start, mut rx) = feed.subscribe(last_event_id(&headers, &query).as_deref());
@@ -129,16 +149,22 @@ pub async fn doc_events(
             }
         }
     };
-    Ok(respond(&app, stream))
+    Ok(respond(&app, &principal, stream))
 }
 
+#[tracing::instrument(name = "sse_all", skip_all, fields(docs = query.docs.as_deref()))]
 pub async fn all_events(
+    principal: Principal,
     State(app): State<AppState>,
     Query(query): Query<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let wanted: Option<Vec<DocId>> = match query.docs.as_deref() {
-        None => None,
+        None => {
+            // Every document, including ones created later: admin over `*`.
+            principal.require_all(Action::Admin)?;
+            None
+        }
         Some(list) => {
             let ids = list
                 .split(',')
@@ -157,6 +183,9 @@ pub async fn all_events(
     };
     let mut feeds = Vec::new();
     if let Some(ids) = &wanted {
+        for doc in ids {
+            principal.require(Action::Read, doc)?;
+        }
         for doc in ids {
             feeds.push(open_feed(&app, doc).await?);
         }
@@ -204,14 +233,17 @@ pub async fn all_events(
             }
         }
     };
-    Ok(respond(&app, stream))
+    Ok(respond(&app, &principal, stream))
 }
 
+#[tracing::instrument(name = "sse_text", skip_all, fields(doc = %id))]
 pub async fn text_stream(
+    principal: Principal,
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let doc = DocId::parse(&id)?;
+    principal.require(Action::Read, &doc)?;
     // The text needs the document in memory; the stream itself does not
     // keep it there (it follows the feed, which outlives evictions).
     let shard = app.registry.get(&doc, false).await?;
@@ -267,7 +299,7 @@ pub async fn text_stream(
             }
         }
     };
-    Ok(respond(&app, stream))
+    Ok(respond(&app, &principal, stream))
 }
 
 fn text_event(text: &str) -> Event {

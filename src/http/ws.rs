@@ -15,6 +15,7 @@ use axum::Extension;
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument as _;
 
 use super::{AppState, ConnectionPermit};
 use crate::config::ServeConfig;
@@ -47,12 +48,19 @@ pub async fn upgrade(
     permit: Option<Extension<ConnectionPermit>>,
 ) -> Response {
     configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+        let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        // Everything logged while serving this socket (session, shards,
+        // loads) carries its id; one span per connection, none per message.
+        let span = tracing::info_span!("ws", conn = id);
         let tracker = app.connections.clone();
-        tracker.track_future(async move {
-            // Held for as long as the socket is open.
-            let _permit = permit;
-            run(socket, app).await;
-        })
+        tracker.track_future(
+            async move {
+                // Held for as long as the socket is open.
+                let _permit = permit;
+                run(socket, app, id).await;
+            }
+            .instrument(span),
+        )
     })
 }
 
@@ -84,18 +92,34 @@ pub(super) fn session_limits(config: &ServeConfig, max_docs: u32) -> SessionLimi
     }
 }
 
-async fn run(socket: WebSocket, app: AppState) {
-    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+async fn run(socket: WebSocket, app: AppState, id: u64) {
     let limits = app.config.limits;
     let (sink, mut stream) = socket.split();
     let (peer, rx) = Peer::channel(id, Wire::Folio, limits.outbound_queue_bytes);
     let mut writer = tokio::spawn(write_loop(sink, rx, limits.stall_timeout()));
     let session_limits = session_limits(&app.config, app.config.max_docs_per_connection);
-    let mut session = Session::new(peer.clone(), app.registry.clone(), session_limits);
+    let mut session = Session::new(
+        peer.clone(),
+        app.registry.clone(),
+        session_limits,
+        app.auth.clone(),
+    );
     let mut liveness = Liveness::new(&limits, peer.meter().clone());
-    tracing::debug!(id, "connection open");
+    // One timer per connection for token expiry, re-armed only when the
+    // earliest deadline changes (a Hello, Subscribe, Reauth or expiry).
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut armed = None;
+    tracing::debug!("connection open");
     let mut writer_done = false;
     let flow = loop {
+        let deadline = session.expiry_deadline();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                expiry.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         let flow = tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
@@ -106,6 +130,9 @@ async fn run(socket: WebSocket, app: AppState) {
                 writer_done = true;
                 break None;
             }
+            // Before reading: a frame that arrives after the deadline finds
+            // the rights already gone.
+            () = &mut expiry, if armed.is_some() => session.on_expiry().await,
             outcome = session.next_ack(), if session.has_pending_acks() => {
                 session.on_ack(outcome).await
             }
@@ -125,7 +152,7 @@ async fn run(socket: WebSocket, app: AppState) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(e)) => {
-                        tracing::debug!(id, error = %e, "read error");
+                        tracing::debug!(error = %e, "read error");
                         if is_capacity(&e) {
                             Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
                         } else {
@@ -160,7 +187,7 @@ async fn run(socket: WebSocket, app: AppState) {
         // The client went away: nothing more can be written.
         writer.abort();
     }
-    tracing::debug!(id, "connection closed");
+    tracing::debug!("connection closed");
 }
 
 /// Whether a read error is a frame over the size limit (close with 1009).

@@ -1,25 +1,35 @@
 //! `GET /yjs/{doc}`: the y-websocket endpoint, so that the standard Yjs
 //! provider connects unchanged: `new WebsocketProvider('ws://host:4700/yjs',
 //! docId, ydoc)`. The provider puts the room name into the path as it is, so
-//! the route takes the whole rest of the path (doc ids may contain `/`); the
-//! query string is ignored. Same shape as `/ws`: this reader loop feeds a
-//! [`YSession`], and the shared writer drains the connection's queue.
+//! the route takes the whole rest of the path (doc ids may contain `/`). The
+//! query string carries the token (`?token=`, the provider's `params`), or an
+//! `Authorization: Bearer` header where the client can set one. Same shape
+//! as `/ws`: this reader loop feeds a [`YSession`], and the shared writer
+//! drains the connection's queue.
+//!
+//! A refused token is answered after the upgrade, with a close code in the
+//! 4400-4499 range (4401 missing or invalid, 4403 another document, 4440
+//! expired, at the upgrade or later on the open socket), rather than with an HTTP
+//! status: the provider sees no status, only a failed connection that it
+//! retries forever, whereas a 44xx close stops it and tells the app why.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
 use futures_util::stream::StreamExt;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument as _;
 
 use super::ws::{configure, is_capacity, session_limits, write_loop, Liveness};
 use super::{ApiError, AppState, ConnectionPermit};
+use crate::auth::{Action, AuthError, Principal};
 use crate::doc::{DocId, Outbound, Peer, Wire};
 use crate::session::Flow;
 use crate::ysession::{close, YSession};
@@ -33,26 +43,57 @@ pub async fn upgrade(
     State(app): State<AppState>,
     doc: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    headers: HeaderMap,
+    uri: Uri,
     permit: Option<Extension<ConnectionPermit>>,
 ) -> Result<Response, ApiError> {
     let Path(doc) =
         doc.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.body_text()))?;
     let doc = DocId::parse(&doc)?;
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    let access = match app.auth.from_http(&headers, &uri) {
+        Err(e @ AuthError::Expired) => Err((close::TOKEN_EXPIRED, e.to_string())),
+        Err(e) => Err((close::UNAUTHORIZED, e.to_string())),
+        Ok(principal) => match principal.require(Action::Read, &doc) {
+            Ok(()) => Ok(principal),
+            Err(denied) => Err((close::FORBIDDEN, denied.to_string())),
+        },
+    };
     Ok(
         configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
+            let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            // One span per connection (its one document), none per message.
+            let span = tracing::info_span!("yws", conn = id, %doc);
             let tracker = app.connections.clone();
-            tracker.track_future(async move {
-                // Held for as long as the socket is open.
-                let _permit = permit;
-                run(socket, app, doc).await;
-            })
+            tracker.track_future(
+                async move {
+                    // Held for as long as the socket is open.
+                    let _permit = permit;
+                    match access {
+                        Ok(principal) => run(socket, app, doc, id, principal).await,
+                        Err((code, reason)) => refuse(socket, code, reason).await,
+                    }
+                }
+                .instrument(span),
+            )
         }),
     )
 }
 
-async fn run(socket: WebSocket, app: AppState, doc: DocId) {
-    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+/// Closes a socket whose token was refused, before it touches any document.
+async fn refuse(mut socket: WebSocket, code: u16, reason: String) {
+    tracing::debug!(code, %reason, "y-websocket token refused");
+    let Flow::Close(code, reason) = crate::ysession::close_with(code, reason) else {
+        return;
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: Principal) {
     let limits = app.config.limits;
     let (sink, mut stream) = socket.split();
     let (peer, rx) = Peer::channel(id, Wire::YSync, limits.outbound_queue_bytes);
@@ -62,15 +103,21 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
         app.registry.clone(),
         doc.clone(),
         session_limits(&app.config, 1),
-    );
+    )
+    .with_access(principal.sub(), principal.can(Action::Write, &doc));
     let mut liveness = Liveness::new(&limits, peer.meter().clone());
     let mut writer_done = false;
+    // No Reauth exists in y-protocols: at expiry the socket closes (4440).
+    let expiry = principal
+        .remaining()
+        .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
+    tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_EVERY,
         KEEPALIVE_EVERY,
     );
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tracing::debug!(id, %doc, "y-websocket connection open");
+    tracing::debug!("y-websocket connection open");
     let flow = loop {
         let rate_resync_at = session
             .rate_resync_at()
@@ -80,6 +127,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
             () = app.shutdown.cancelled() => {
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
+            () = &mut expiry => Flow::Close(close::TOKEN_EXPIRED, "token expired".into()),
             // The writer gave up on the socket (it stalled, or failed).
             _ = &mut writer => {
                 writer_done = true;
@@ -107,7 +155,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Err(e)) => {
-                        tracing::debug!(id, error = %e, "read error");
+                        tracing::debug!(error = %e, "read error");
                         if is_capacity(&e) {
                             Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
                         } else {
@@ -123,7 +171,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
     };
     session.close();
     if let Some((code, reason)) = flow {
-        tracing::debug!(id, %doc, code, %reason, "closing y-websocket connection");
+        tracing::debug!(code, %reason, "closing y-websocket connection");
         // Applied updates become durable whether or not we wait: there is no
         // ack to send, so close at once.
         let _ = peer.send(Outbound::Close(code, reason)).await;
@@ -134,5 +182,5 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId) {
         // The client went away: nothing more can be written.
         writer.abort();
     }
-    tracing::debug!(id, %doc, "y-websocket connection closed");
+    tracing::debug!("y-websocket connection closed");
 }

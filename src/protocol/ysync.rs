@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use yrs::encoding::write::Write;
 use yrs::sync::protocol::{
-    MSG_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2, MSG_SYNC_UPDATE,
+    MSG_AUTH, MSG_AWARENESS, MSG_SYNC, MSG_SYNC_STEP_1, MSG_SYNC_STEP_2, MSG_SYNC_UPDATE,
 };
 use yrs::updates::encoder::{Encoder, EncoderV1};
 
@@ -41,6 +41,12 @@ pub fn awareness(update: &[u8]) -> Bytes {
     frame(MSG_AWARENESS, None, update)
 }
 
+/// The y-protocols auth message "permission denied" (`y-protocols/auth`:
+/// sub-type 0, then the reason). The provider logs the reason.
+pub fn permission_denied(reason: &str) -> Bytes {
+    frame(MSG_AUTH, Some(0), reason.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +63,7 @@ mod tests {
         assert!(matches!(msg, Message::Sync(SyncMessage::SyncStep1(_))));
         let msg = Message::decode_v1(&awareness(&[0])).expect("decodes");
         assert!(matches!(msg, Message::Awareness(u) if u.clients.is_empty()));
+        let msg = Message::decode_v1(&permission_denied("no")).expect("decodes");
+        assert_eq!(msg, Message::Auth(Some("no".into())));
     }
 }

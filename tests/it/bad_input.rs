@@ -68,6 +68,7 @@ async fn subscribe(conn: &mut Connection, doc: &str) -> v1::Synced {
     conn.send(client_message::Kind::Subscribe(v1::Subscribe {
         doc: doc.into(),
         state_vector: Bytes::new(),
+        ..Default::default()
     }))
     .await
     .expect("send subscribe");
@@ -199,6 +200,7 @@ async fn message_before_hello_is_refused_and_closes_with_1008() {
         client_message::Kind::Subscribe(v1::Subscribe {
             doc: "early".into(),
             state_vector: Bytes::new(),
+            ..Default::default()
         }),
     ];
     for kind in before_hello {
@@ -222,6 +224,7 @@ async fn second_hello_is_refused_and_closes_with_1008() {
     conn.send(client_message::Kind::Hello(v1::Hello {
         protocol_version: folio::protocol::PROTOCOL_VERSION,
         client_name: "twice again".into(),
+        ..Default::default()
     }))
     .await
     .expect("send hello");
@@ -240,6 +243,7 @@ async fn unsupported_protocol_version_is_refused_and_closes_with_1002() {
         client_message::Kind::Hello(v1::Hello {
             protocol_version: 2,
             client_name: "from-the-future".into(),
+            ..Default::default()
         }),
     )
     .await;
@@ -460,6 +464,7 @@ async fn invalid_doc_ids_are_refused() {
         conn.send(client_message::Kind::Subscribe(v1::Subscribe {
             doc: bad.into(),
             state_vector: Bytes::new(),
+            ..Default::default()
         }))
         .await
         .expect("send subscribe");
@@ -486,6 +491,7 @@ async fn subscribing_twice_is_refused() {
     conn.send(client_message::Kind::Subscribe(v1::Subscribe {
         doc: "once".into(),
         state_vector: Bytes::new(),
+        ..Default::default()
     }))
     .await
     .expect("send subscribe");
@@ -511,6 +517,7 @@ async fn more_docs_than_the_limit_are_refused() {
     conn.send(client_message::Kind::Subscribe(v1::Subscribe {
         doc: "three".into(),
         state_vector: Bytes::new(),
+        ..Default::default()
     }))
     .await
     .expect("send subscribe");
@@ -594,6 +601,7 @@ async fn undecodable_state_vector_is_refused() {
         conn.send(client_message::Kind::Subscribe(v1::Subscribe {
             doc: "vectors".into(),
             state_vector: Bytes::from_static(sv),
+            ..Default::default()
         }))
         .await
         .expect("send subscribe");

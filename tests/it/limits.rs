@@ -745,6 +745,7 @@ async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_is_kept(
         kind: Some(client_message::Kind::Hello(v1::Hello {
             protocol_version: 1,
             client_name: "reader".into(),
+            ..Default::default()
         })),
     };
     ws.send(Message::Binary(hello.encode_to_vec().into()))

@@ -2,9 +2,11 @@
 //! temp dir, real WebSocket clients built on yrs. One test binary, one module
 //! per area; helpers live in `support`.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod durability;
+mod fuzz;
 mod history;
 mod http2;
 mod http_api;
@@ -14,4 +16,5 @@ mod sse;
 mod support;
 mod sync;
 mod traces;
+mod web;
 mod yjs;

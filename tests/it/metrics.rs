@@ -1,4 +1,5 @@
-//! `GET /metrics`: real work through the server moves the counters it should.
+//! `GET /metrics`: real work through the server moves the counters it should;
+//! and log lines name the connection and document they concern.
 //!
 //! Counters are process-wide and other tests run in parallel in this binary,
 //! so assertions are lower bounds on how far a counter moved, never exact values.
@@ -7,7 +8,7 @@ use bytes::Bytes;
 use folio::client::Editor;
 use folio::protocol::{client_message, server_message, v1, ErrorCode};
 
-use crate::support::{eventually, TestServer};
+use crate::support::{eventually, ChildServer, TestServer};
 
 /// The scraped text of `/metrics`, checking status and content type.
 async fn scrape(server: &TestServer) -> String {
@@ -131,4 +132,43 @@ async fn idle_documents_count_as_evictions() {
     })
     .await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn log_lines_carry_the_connection_and_document_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, logs) = ChildServer::spawn_with_logs(dir.path(), &[], "warn,folio=debug");
+    let has = |needles: &'static [&'static str]| {
+        let logs = logs.clone();
+        move || {
+            let found = logs
+                .lock()
+                .expect("log lines")
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned();
+            std::future::ready(found)
+        }
+    };
+    let _editor = Editor::join(&server.ws_url(), "traced", "alice")
+        .await
+        .expect("editor joins");
+    // The load runs inside the connection's span and its own.
+    let line = eventually(
+        "the document load's log line",
+        has(&[":doc_load{doc=traced}: document loaded"]),
+    )
+    .await;
+    assert!(line.contains("ws{conn="), "{line}");
+    let yjs_url = format!("ws://{}/yjs/traced-yjs", server.addr);
+    let (_yjs, _) = tokio_tungstenite::connect_async(yjs_url.as_str())
+        .await
+        .expect("y-websocket connects");
+    let line = eventually(
+        "the y-websocket connection's log line",
+        has(&["doc=traced-yjs}", "y-websocket connection open"]),
+    )
+    .await;
+    assert!(line.contains("yws{conn="), "{line}");
+    server.terminate();
 }

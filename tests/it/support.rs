@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use folio::config::ServeConfig;
@@ -17,6 +18,9 @@ use tokio::task::JoinHandle;
 
 /// How long `eventually` waits before failing a test.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Log lines a [`ChildServer::spawn_with_logs`] keeps; later ones are dropped.
+pub const MAX_KEPT_LOG_LINES: usize = 10_000;
 
 /// Turns on logs when `TEST_LOG=1`.
 pub fn init_logs() {
@@ -121,12 +125,32 @@ pub struct ChildServer {
 impl ChildServer {
     /// Spawns `folio serve` on an ephemeral port over `dir` and waits until it listens.
     pub fn spawn(dir: &Path, extra: &[&str]) -> Self {
+        Self::start(dir, extra, "info", None)
+    }
+
+    /// As [`ChildServer::spawn`] with `RUST_LOG=rust_log`, keeping the log
+    /// lines it prints (the first [`MAX_KEPT_LOG_LINES`]) for the test to read.
+    pub fn spawn_with_logs(
+        dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> (Self, Arc<Mutex<Vec<String>>>) {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        (Self::start(dir, extra, rust_log, Some(kept.clone())), kept)
+    }
+
+    fn start(
+        dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+        kept: Option<Arc<Mutex<Vec<String>>>>,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_folio"))
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -144,7 +168,16 @@ impl ChildServer {
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(kept) = &kept {
+                    let mut kept = kept.lock().expect("log lines");
+                    if kept.len() < MAX_KEPT_LOG_LINES {
+                        kept.push(line);
+                    }
+                }
+            }
+        });
         Self { child, addr }
     }
 

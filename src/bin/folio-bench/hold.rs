@@ -3,10 +3,12 @@
 //! pings, as any WebSocket client does), until the server closes them.
 //!
 //! It runs as a process of its own, so that a test can SIGSTOP it (a
-//! consumer that stalls outright) and the connection load run (scenario h)
-//! can hold thousands of sockets outside the tool's own process. On stdout:
+//! consumer that stalls outright). On stdout:
 //! `holding N` once all N are subscribed, `resynced DOC_SEQ` for each
 //! `Resynced` message, `closed CODE` for each connection the server closes.
+//!
+//! Scenario h ([`run`]) holds thousands of such connections from the tool
+//! itself, against a server with the default limits.
 
 use std::io::Write;
 use std::time::Duration;
@@ -15,6 +17,8 @@ use anyhow::Context;
 use folio::client::{ClientError, Connection};
 use folio::protocol::{client_message, server_message, v1};
 use futures_util::StreamExt;
+
+use super::report::Row;
 
 /// Arguments of `folio-bench hold`.
 #[derive(clap::Args, Debug, Clone)]
@@ -148,7 +152,8 @@ pub async fn load_run(
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    let rss = || super::rss_bytes(pid).ok_or_else(|| anyhow::anyhow!("no RSS for pid {pid}"));
+    let rss =
+        || super::process::rss_bytes(pid).ok_or_else(|| anyhow::anyhow!("no RSS for pid {pid}"));
     let doc = format!("hold-{}", std::process::id());
     let args = HoldArgs {
         url: url.to_owned(),
@@ -253,4 +258,86 @@ pub async fn load_run(
         held_ones_work,
         join_secs,
     })
+}
+
+/// Scenario h: [`load_run`] on a fresh server with the default limits, a
+/// connection cap of exactly the connections held, and no per-IP cap (every
+/// client here is 127.0.0.1).
+pub fn run(bench: &mut super::Bench, held_conns: Option<usize>) -> anyhow::Result<()> {
+    let conns = held_conns
+        .unwrap_or(bench.sizes.held_conns)
+        .min(super::process::fd_budget() / 2);
+    let docs = bench.sizes.held_docs.clamp(1, conns.max(1));
+    let cap = (conns + docs).to_string();
+    let target = bench.servers.get_with(
+        3600,
+        &["--max-connections", &cap, "--max-connections-per-ip", "0"],
+    )?;
+    let Some(pid) = target.pid else {
+        target.finish();
+        bench
+            .notes
+            .push("h: skipped, the server's pid is unknown (give --server-pid)".into());
+        return Ok(());
+    };
+    let h = bench
+        .rt
+        .block_on(load_run(&target.ws_url, pid, conns, docs, 20));
+    target.finish();
+    let h = h?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let scenario = "h. connections held";
+    bench.rows.push(Row::new(
+        scenario,
+        &format!(
+            "server RSS with {} connections subscribed and reading ({} docs; {:.1} MiB before)",
+            h.conns,
+            h.docs,
+            mib(h.rss_before)
+        ),
+        mib(h.rss_held),
+        "MiB",
+    ));
+    bench.rows.push(Row::new(
+        scenario,
+        "server RSS per held connection",
+        h.rss_held.saturating_sub(h.rss_before) as f64 / h.conns.max(1) as f64 / 1024.0,
+        "KiB",
+    ));
+    bench.rows.push(Row::new(
+        scenario,
+        &format!("server RSS after {} deliveries", h.expected),
+        mib(h.rss_after_edits),
+        "MiB",
+    ));
+    bench.rows.push(Row::new(
+        scenario,
+        "time to open and subscribe them all",
+        h.join_secs,
+        "s",
+    ));
+    bench.rows.push(
+        Row::new(
+            scenario,
+            "updates delivered to held connections",
+            h.delivered as f64 * 100.0 / h.expected.max(1) as f64,
+            "%",
+        )
+        .target("every one", 100.0, true),
+    );
+    anyhow::ensure!(
+        h.delivered == h.expected,
+        "h: {} of {} updates delivered to held connections",
+        h.delivered,
+        h.expected
+    );
+    anyhow::ensure!(
+        h.over_cap_refused,
+        "h: a connection over the cap was not refused with 503"
+    );
+    anyhow::ensure!(
+        h.held_ones_work,
+        "h: a held connection stopped answering at the cap"
+    );
+    Ok(())
 }

@@ -16,7 +16,7 @@ use yrs::updates::decoder::DecoderV1;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
-use super::{connect, fingerprint, text_of, Ws, RECV_TIMEOUT};
+use super::wire::{connect, fingerprint, text_of, Ws, RECV_TIMEOUT};
 
 /// The y-websocket URL of `doc` under the base URL (`ws://host:port/yjs`).
 pub(crate) fn doc_url(base: &str, doc: &str) -> String {

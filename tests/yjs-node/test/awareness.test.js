@@ -57,7 +57,7 @@ test('awareness crosses between the protocols', { timeout: 60_000 }, async () =>
   // Once the server has let alice go, anything it sends the late joiner
   // comes after whatever it said about her leaving.
   await waitFor('the server to count two subscribers', async () => {
-    const docs = await (await fetch(`${server.http}/docs`)).json()
+    const { docs } = await (await fetch(`${server.http}/docs`)).json()
     return docs.find((d) => d.id === doc)?.subscribers === 2
   })
   folio.text.insert(0, 'marker')
