@@ -200,6 +200,10 @@ pub enum Event {
     Acked { seq: u64, doc_seq: u64 },
     /// A remote awareness update (raw bytes).
     Awareness(Bytes),
+    /// The server skipped relaying some updates (this connection fell
+    /// behind) and sent what they held instead, now applied; `awareness`
+    /// is everyone's presence (raw bytes, possibly empty).
+    Resynced { doc_seq: u64, awareness: Bytes },
     /// A refusal.
     Error(v1::Error),
     /// Anything else (Pong, Unsubscribed, …).
@@ -532,6 +536,13 @@ impl Editor {
                 }
             }
             server_message::Kind::Awareness(a) => Event::Awareness(a.update),
+            server_message::Kind::Resynced(r) => {
+                self.apply_remote(&r.update)?;
+                Event::Resynced {
+                    doc_seq: r.seq,
+                    awareness: r.awareness,
+                }
+            }
             server_message::Kind::Error(e) => {
                 // A refused update will never be acknowledged (a storage
                 // failure may still be, once resent); the diff after the

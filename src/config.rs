@@ -49,10 +49,8 @@ pub struct ServeConfig {
     #[arg(long, env = "FOLIO_MAX_UNACKED_UPDATES", default_value_t = 4096)]
     pub max_unacked_updates: u32,
 
-    /// Frames queued for one connection before it counts as a slow consumer
-    /// and is dropped from the document that overflowed it.
-    #[arg(long, env = "FOLIO_OUTBOUND_QUEUE_FRAMES", default_value_t = 4096)]
-    pub outbound_queue_frames: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Writes queued to disk before writers wait (group commit takes them all at once).
     #[arg(long, env = "FOLIO_WRITE_QUEUE_OPS", default_value_t = 65536)]
@@ -129,7 +127,7 @@ impl ServeConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_docs_per_connection: 256,
             max_unacked_updates: 4096,
-            outbound_queue_frames: 4096,
+            limits: LimitArgs::default(),
             write_queue_ops: 65536,
             activity_window_ms: 250,
             feed_history_events: 1000,
@@ -162,12 +160,127 @@ impl ServeConfig {
             snapshot_every_updates: self.snapshot_every_updates.max(1),
             snapshot_interval: Duration::from_secs(self.snapshot_interval_secs),
             version_idle: Duration::from_secs(self.version_idle_secs),
+            max_doc_bytes: self.limits.max_doc_bytes,
         }
     }
 
     /// Idle time before eviction.
     pub fn evict_idle(&self) -> Duration {
         Duration::from_secs(self.evict_idle_secs)
+    }
+}
+
+/// Limits that keep one client, or many, from taking the server down: sizes,
+/// counts, rates, and how long a connection may stall. See README "Limits
+/// and backpressure" for what happens at each.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LimitArgs {
+    /// Largest encoded state of one document, in bytes: an update that would
+    /// pass it is refused (DOC_TOO_LARGE; HTTP 413). 0: no limit.
+    #[arg(long, env = "FOLIO_MAX_DOC_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_doc_bytes: u64,
+
+    /// Most open WebSockets and SSE streams, all clients together; more get
+    /// HTTP 503. 0: no limit.
+    #[arg(long, env = "FOLIO_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most open WebSockets and SSE streams from one IP address; more get
+    /// HTTP 503. 0: no limit.
+    #[arg(long, env = "FOLIO_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+
+    /// Most documents in memory. Loading one more first evicts the least
+    /// recently used document nobody is subscribed to; if every resident
+    /// document is in use, the load is refused (SERVER_BUSY; HTTP 503). 0: no limit.
+    #[arg(long, env = "FOLIO_MAX_RESIDENT_DOCS", default_value_t = 10_000)]
+    pub max_resident_docs: usize,
+
+    /// Updates one connection may send per second on average (token bucket);
+    /// the excess is dropped with RATE_LIMITED. 0: no limit.
+    #[arg(long, env = "FOLIO_UPDATES_PER_SEC", default_value_t = 1_000)]
+    pub updates_per_sec: u32,
+
+    /// Updates one connection may send at once before the rate applies.
+    #[arg(long, env = "FOLIO_UPDATE_BURST", default_value_t = 2_000)]
+    pub update_burst: u32,
+
+    /// Awareness messages one connection may send per second on average;
+    /// the excess is dropped with RATE_LIMITED. 0: no limit.
+    #[arg(long, env = "FOLIO_AWARENESS_PER_SEC", default_value_t = 100)]
+    pub awareness_per_sec: u32,
+
+    /// Awareness messages one connection may send at once before the rate applies.
+    #[arg(long, env = "FOLIO_AWARENESS_BURST", default_value_t = 200)]
+    pub awareness_burst: u32,
+
+    /// Bytes queued for one connection before relayed updates to it are
+    /// dropped (and replaced by one resync once the queue drains).
+    #[arg(long, env = "FOLIO_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// Close a connection (4030) whose socket has taken no bytes for this
+    /// many seconds while data waited for it.
+    #[arg(long, env = "FOLIO_STALL_TIMEOUT_SECS", default_value_t = 30)]
+    pub stall_timeout_secs: u64,
+
+    /// Send a WebSocket ping after this many seconds without hearing from a
+    /// connection. 0: never.
+    #[arg(long, env = "FOLIO_PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+
+    /// Close a connection (4031) that sends nothing, not even the pong,
+    /// within this many seconds of a ping.
+    #[arg(long, env = "FOLIO_PING_TIMEOUT_SECS", default_value_t = 20)]
+    pub ping_timeout_secs: u64,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        Self {
+            max_doc_bytes: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_resident_docs: 10_000,
+            updates_per_sec: 1_000,
+            update_burst: 2_000,
+            awareness_per_sec: 100,
+            awareness_burst: 200,
+            outbound_queue_bytes: 1024 * 1024,
+            stall_timeout_secs: 30,
+            ping_interval_secs: 25,
+            ping_timeout_secs: 20,
+        }
+    }
+}
+
+impl LimitArgs {
+    /// Every limit off (the load tool's setting, which measures raw rates).
+    pub fn unlimited() -> Self {
+        Self {
+            max_doc_bytes: 0,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_resident_docs: 0,
+            updates_per_sec: 0,
+            awareness_per_sec: 0,
+            ..Self::default()
+        }
+    }
+
+    /// How long the socket may take no bytes before the connection is closed.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.stall_timeout_secs.max(1))
+    }
+
+    /// Quiet time before a ping (`None`: never ping).
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_secs > 0).then(|| Duration::from_secs(self.ping_interval_secs))
+    }
+
+    /// How long a ping may go unanswered.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs.max(1))
     }
 }
 

@@ -20,6 +20,7 @@
 //!   replay, retention and `folio check`.
 //! - [`cli`]: the offline subcommands (`folio docs`, `export`, `import`, `history`, `replay`,
 //!   `compact`, `check`) over a data dir no server holds.
+//! - [`rate`]: per-connection token buckets for updates and awareness.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
 //! - [`trace`]: the editing traces in `../shared/traces`, for tests and benchmarks.
@@ -34,6 +35,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod rate;
 pub mod server;
 pub mod session;
 pub mod store;

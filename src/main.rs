@@ -19,6 +19,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the `Serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the server.
     Serve(ServeConfig),

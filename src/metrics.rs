@@ -39,6 +39,19 @@ pub const BYTES_OUT: &str = "folio_ws_sent_bytes_total";
 pub const EVICTIONS: &str = "folio_evictions_total";
 /// Error messages sent to clients, labelled by `code`.
 pub const ERRORS: &str = "folio_errors_total";
+/// Times a connection fell behind a document (its queue was full) and
+/// stopped receiving its updates until a resync.
+pub const FELL_BEHIND: &str = "folio_fell_behind_total";
+/// Resyncs sent to connections that had fallen behind.
+pub const RESYNCS: &str = "folio_resyncs_total";
+/// Messages dropped for a connection's rate limit, by `kind`.
+pub const RATE_LIMITED: &str = "folio_rate_limited_total";
+/// WebSocket and SSE requests refused at a connection cap, by `cap`
+/// (`total` or `per_ip`).
+pub const CONNECTIONS_REFUSED: &str = "folio_connections_refused_total";
+/// Connections the server closed for not keeping up, by `reason`
+/// (`stalled`: the socket took nothing; `ping_timeout`).
+pub const CLOSED: &str = "folio_connections_closed_total";
 /// Seconds one group commit took: the batch write plus its fsync.
 pub const FLUSH_SECONDS: &str = "folio_store_flush_seconds";
 /// Seconds to queue one broadcast to every member of a document.
@@ -96,7 +109,15 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::Forbidden, "forbidden"),
     (ErrorCode::ReadOnly, "read_only"),
     (ErrorCode::TokenExpired, "token_expired"),
+    (ErrorCode::DocTooLarge, "doc_too_large"),
+    (ErrorCode::RateLimited, "rate_limited"),
+    (ErrorCode::ServerBusy, "server_busy"),
 ];
+
+/// Label values of the labelled counters, in the order of their handles.
+const RATE_LIMITED_KINDS: &[&str] = &["update", "awareness"];
+const REFUSED_CAPS: &[&str] = &["total", "per_ip"];
+const CLOSE_REASONS: &[&str] = &["stalled", "ping_timeout"];
 
 /// The `code` label of an error code, as `/metrics` shows it.
 pub fn error_label(code: ErrorCode) -> &'static str {
@@ -116,6 +137,12 @@ struct Handles {
     bytes_in: Counter,
     bytes_out: Counter,
     evictions: Counter,
+    fell_behind: Counter,
+    resyncs: Counter,
+    /// One per [`RATE_LIMITED_KINDS`] entry, and so on.
+    rate_limited: Vec<Counter>,
+    connections_refused: Vec<Counter>,
+    closed: Vec<Counter>,
     /// One counter per [`ERROR_CODES`] entry, same order.
     errors: Vec<Counter>,
     flush_seconds: Histogram,
@@ -164,6 +191,21 @@ fn build() -> Handles {
         );
         recorder.register_gauge(&Key::from_static_name(name), &METADATA)
     };
+    let labelled =
+        |name: &'static str, help: &'static str, label: &'static str, values: &[&'static str]| {
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                Some(Unit::Count),
+                SharedString::const_str(help),
+            );
+            values
+                .iter()
+                .map(|value| {
+                    let key = Key::from_parts(name, vec![Label::from_static_parts(label, value)]);
+                    recorder.register_counter(&key, &METADATA)
+                })
+                .collect::<Vec<_>>()
+        };
     let histogram = |name: &'static str, help: &'static str| {
         recorder.describe_histogram(
             KeyName::from_const_str(name),
@@ -197,6 +239,34 @@ fn build() -> Handles {
             EVICTIONS,
             Unit::Count,
             "Idle documents evicted from memory.",
+        ),
+        fell_behind: counter(
+            FELL_BEHIND,
+            Unit::Count,
+            "Times a connection fell behind a document for lack of queue room.",
+        ),
+        resyncs: counter(
+            RESYNCS,
+            Unit::Count,
+            "Resyncs sent to connections that fell behind.",
+        ),
+        rate_limited: labelled(
+            RATE_LIMITED,
+            "Messages dropped for a connection's rate limit.",
+            "kind",
+            RATE_LIMITED_KINDS,
+        ),
+        connections_refused: labelled(
+            CONNECTIONS_REFUSED,
+            "WebSocket and SSE requests refused at a connection cap.",
+            "cap",
+            REFUSED_CAPS,
+        ),
+        closed: labelled(
+            CLOSED,
+            "Connections closed for not keeping up.",
+            "reason",
+            CLOSE_REASONS,
         ),
         errors: {
             recorder.describe_counter(
@@ -288,6 +358,57 @@ pub fn evicted() {
     }
 }
 
+/// A connection fell behind a document.
+pub fn fell_behind() {
+    if let Some(h) = HANDLES.get() {
+        h.fell_behind.increment(1);
+    }
+}
+
+/// A connection that fell behind was resynced.
+pub fn resynced() {
+    if let Some(h) = HANDLES.get() {
+        h.resyncs.increment(1);
+    }
+}
+
+/// A message was dropped for the rate limit.
+pub fn rate_limited(kind: crate::rate::Kind) {
+    if let Some(h) = HANDLES.get() {
+        let at = match kind {
+            crate::rate::Kind::Update => 0,
+            crate::rate::Kind::Awareness => 1,
+        };
+        if let Some(c) = h.rate_limited.get(at) {
+            c.increment(1);
+        }
+    }
+}
+
+/// A connection was refused at a cap.
+pub fn connection_refused(cap: crate::http::Refused) {
+    if let Some(h) = HANDLES.get() {
+        let at = match cap {
+            crate::http::Refused::Total => 0,
+            crate::http::Refused::PerIp => 1,
+        };
+        if let Some(c) = h.connections_refused.get(at) {
+            c.increment(1);
+        }
+    }
+}
+
+/// The server closed a connection for `reason`, one of `stalled` and
+/// `ping_timeout`.
+pub fn closed(reason: &str) {
+    if let Some(h) = HANDLES.get() {
+        let at = CLOSE_REASONS.iter().position(|r| *r == reason);
+        if let Some(c) = at.and_then(|at| h.closed.get(at)) {
+            c.increment(1);
+        }
+    }
+}
+
 /// An error message with `code` was sent to a client.
 pub fn error(code: ErrorCode) {
     if let Some(h) = HANDLES.get() {
@@ -322,9 +443,11 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), ERROR_CODES.len());
-        for value in 0..ERROR_CODES.len() as i32 {
-            let code = ErrorCode::try_from(value).expect("every wire value is listed");
-            assert_ne!(error_label(code), "unknown", "{code:?}");
+        // Every wire value the enum defines has a label.
+        for value in 0..64 {
+            if let Ok(code) = ErrorCode::try_from(value) {
+                assert_ne!(error_label(code), "unknown", "{code:?}");
+            }
         }
     }
 

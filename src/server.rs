@@ -3,6 +3,7 @@
 //! makes everything durable before returning.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,12 +54,10 @@ impl Storage {
         // Feed ids start with the start time, so they never repeat across runs.
         let epoch = u64::try_from(now_ms()).unwrap_or(0);
         let feeds = FeedHub::new(epoch, config.feed_settings());
-        let registry = Arc::new(DocRegistry::new(
-            store,
-            writer,
-            config.shard_settings(),
-            feeds,
-        ));
+        let registry = Arc::new(
+            DocRegistry::new(store, writer, config.shard_settings(), feeds)
+                .with_max_resident(config.limits.max_resident_docs),
+        );
         Ok(Self {
             registry,
             writer_thread,
@@ -82,6 +81,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     crate::metrics::install();
+    check_fd_limit(&config);
     // Before the store: a bad certificate or an unsafe auth setting must
     // not cost a data-dir lock.
     let tls = crate::tls::acceptor(&config)?;
@@ -137,18 +137,27 @@ pub async fn run(
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(graceful)
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(graceful)
+                .await
             }
             Some(acceptor) => {
                 // The acceptor task and its handshakes join the tracker that
                 // shutdown already waits on.
+                // Tapped (doing nothing) only so that axum gives handlers
+                // the client's address, as on plain TCP.
                 let listener =
-                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?;
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(graceful)
-                    .await
+                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?
+                        .tap_io(|_| {});
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(graceful)
+                .await
             }
         }
     };
@@ -188,6 +197,31 @@ pub async fn run(
     }
     tracing::info!("all documents flushed; bye");
     Ok(())
+}
+
+/// Descriptors kept aside for the store, the listener and short requests.
+const SPARE_FDS: u64 = 256;
+
+/// Raises the process's open-file soft limit to its hard limit (every
+/// connection is a descriptor; the usual soft default of 1024 would refuse
+/// connections long before `--max-connections`), and warns when that is
+/// still too low for the connection cap.
+fn check_fd_limit(config: &ServeConfig) {
+    let Ok(limit) = rlimit::increase_nofile_limit(u64::MAX) else {
+        return;
+    };
+    let wanted = match config.limits.max_connections {
+        0 => return,
+        n => n as u64 + SPARE_FDS,
+    };
+    if limit < wanted {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below --max-connections plus {SPARE_FDS}: connections \
+             will fail to be accepted first; raise `ulimit -n` (hard) or lower --max-connections"
+        );
+    }
 }
 
 /// Snapshots and evictions, a few times per eviction period.

@@ -28,6 +28,7 @@ use crate::doc::{
 use crate::protocol::{
     self, client_message, server_message::Kind, v1, ClientMessage, ErrorCode, PROTOCOL_VERSION,
 };
+use crate::rate::{self, ConnectionRates, Rates};
 use crate::store::WriteFailed;
 
 /// WebSocket close codes the server uses.
@@ -44,6 +45,10 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over the size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The socket took no bytes for the stall timeout while data waited.
+    pub const STALLED: u16 = 4030;
+    /// Nothing came back, not even a pong, within the ping timeout.
+    pub const PING_TIMEOUT: u16 = 4031;
 }
 
 /// Longest client name kept, in bytes; longer names are cut.
@@ -55,6 +60,9 @@ pub struct SessionLimits {
     pub max_message_bytes: u32,
     pub max_docs_per_connection: u32,
     pub max_unacked_updates: u32,
+    /// Enforced by the shards; only announced here.
+    pub max_doc_bytes: u64,
+    pub rates: Rates,
 }
 
 /// What the transport does after a message.
@@ -136,6 +144,10 @@ pub struct Session {
     next_expiry: Option<Instant>,
     /// Updates applied but not yet durable. At most `max_unacked_updates`.
     acks: FuturesOrdered<AckFuture>,
+    rates: ConnectionRates,
+    /// Documents this connection fell behind, to resync once its queue
+    /// drains. At most one entry per subscription.
+    resync: Vec<DocId>,
 }
 
 impl Session {
@@ -159,7 +171,40 @@ impl Session {
             expired_docs: HashSet::new(),
             next_expiry: None,
             acks: FuturesOrdered::new(),
+            rates: ConnectionRates::new(&limits.rates),
+            resync: Vec::new(),
         }
+    }
+
+    /// Whether some document waits for a resync (see [`Session::on_drained`]).
+    pub fn has_pending_resync(&self) -> bool {
+        !self.resync.is_empty()
+    }
+
+    /// The connection's queue has drained: catches up every document it
+    /// fell behind with one `Resynced` each. A document whose resync does
+    /// not fit yet waits for the next drain.
+    pub fn on_drained(&mut self) -> Flow {
+        let peer = self.peer.id();
+        let mut i = 0;
+        while i < self.resync.len() {
+            let doc = &self.resync[i];
+            let Some(shard) = self.subs.get(doc).map(|sub| sub.shard.clone()) else {
+                self.resync.swap_remove(i);
+                continue;
+            };
+            match shard.resync(peer) {
+                Err(ShardError::SlowConsumer) => i += 1,
+                Ok(_) => {
+                    self.resync.swap_remove(i);
+                }
+                Err(e) => {
+                    let doc = self.resync.swap_remove(i);
+                    self.on_shard_error(&doc, &shard, &e);
+                }
+            }
+        }
+        Flow::Continue
     }
 
     /// Whether the transport may read another frame. While the session has
@@ -312,18 +357,22 @@ impl Session {
         Ok(Grant::new(principal))
     }
 
-    /// Handles the documents whose shards dropped this session (it fell
-    /// behind, or the document is being reloaded): the subscription ends and
-    /// the client is told to resubscribe, once its queue has room again.
-    pub async fn on_lagged(&mut self) -> Flow {
+    /// Handles what the shards told this connection's peer: documents it
+    /// fell behind (resynced once the queue drains, see
+    /// [`Session::on_drained`]), and documents that dropped it (reloaded or
+    /// deleted): that subscription ends and the client is told, once its
+    /// queue has room again.
+    pub async fn on_peer_notice(&mut self) -> Flow {
+        for doc in self.peer.take_behind() {
+            if self.subs.contains_key(&doc) && !self.resync.contains(&doc) {
+                self.resync.push(doc);
+            }
+        }
         for (doc, reason) in self.peer.take_dropped() {
+            self.resync.retain(|d| *d != doc);
             if self.subs.remove(&doc).is_some() {
                 self.recompute_expiry();
                 let (code, message) = match reason {
-                    DropReason::SlowConsumer => (
-                        ErrorCode::SlowConsumer,
-                        "you fell behind this document; subscribe again with your state vector",
-                    ),
                     DropReason::Reloaded => (
                         ErrorCode::DocReloaded,
                         "document reloaded after an internal fault; subscribe again",
@@ -467,6 +516,11 @@ impl Session {
                 max_message_bytes: self.limits.max_message_bytes,
                 max_docs_per_connection: self.limits.max_docs_per_connection,
                 max_unacked_updates: self.limits.max_unacked_updates,
+                max_doc_bytes: self.limits.max_doc_bytes,
+                updates_per_sec: self.limits.rates.updates_per_sec,
+                update_burst: self.limits.rates.update_burst,
+                awareness_per_sec: self.limits.rates.awareness_per_sec,
+                awareness_burst: self.limits.rates.awareness_burst,
             }),
         };
         self.reply(protocol::encode(Kind::Welcome(welcome))).await
@@ -520,6 +574,9 @@ impl Session {
                     self.expired_docs.remove(&doc);
                     self.subs.insert(doc, Subscription { shard, grant });
                     self.recompute_expiry();
+                    // The Synced went in whatever the room: like any reply,
+                    // read nothing more until the queue is under its bound.
+                    self.peer.room().await;
                     return Flow::Continue;
                 }
                 Err(ShardError::Closed) => continue,
@@ -583,6 +640,7 @@ impl Session {
         match sub {
             Some(sub) => {
                 self.recompute_expiry();
+                self.resync.retain(|d| d != sub.shard.id());
                 sub.shard.unsubscribe(self.peer.id());
                 self.reply(protocol::encode(Kind::Unsubscribed(v1::Unsubscribed {
                     doc: unsub.doc,
@@ -608,6 +666,9 @@ impl Session {
                     update.seq,
                 )
                 .await;
+        }
+        if let Err(wait) = self.rates.check(rate::Kind::Update) {
+            return self.rate_limited(&update.doc, update.seq, wait).await;
         }
         let author = self.author.as_deref().unwrap_or_default();
         match shard
@@ -645,6 +706,9 @@ impl Session {
                 .not_subscribed(&awareness.doc, "subscribe before sending awareness", 0)
                 .await;
         };
+        if let Err(wait) = self.rates.check(rate::Kind::Awareness) {
+            return self.rate_limited(&awareness.doc, 0, wait).await;
+        }
         match shard.apply_awareness(awareness.update, self.peer.id()) {
             Ok(()) => Flow::Continue,
             Err(e) => {
@@ -692,12 +756,25 @@ impl Session {
             RegistryError::Shard(shard) => shard.code(),
             RegistryError::Store(_) | RegistryError::Write(_) => ErrorCode::StorageFailure,
             RegistryError::Deleting(_) => ErrorCode::DocDeleted,
+            RegistryError::Busy(_) => ErrorCode::ServerBusy,
             RegistryError::NotFound(_)
             | RegistryError::Join(_)
             | RegistryError::AlreadyExists(_)
             | RegistryError::History(_) => ErrorCode::Internal,
         };
         self.error(doc.as_str(), code, e.to_string(), 0).await
+    }
+
+    /// Refuses a message over the connection's rate: dropped, nothing applied.
+    async fn rate_limited(&mut self, doc: &str, seq: u64, wait: std::time::Duration) -> Flow {
+        crate::metrics::error(ErrorCode::RateLimited);
+        let message = if seq == 0 {
+            "awareness rate limit reached; send your current presence again later"
+        } else {
+            "update rate limit reached; this update was dropped: send it again later"
+        };
+        self.reply(protocol::rate_limited_frame(doc, message, seq, wait))
+            .await
     }
 
     async fn error(

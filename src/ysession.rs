@@ -36,10 +36,10 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::mpsc;
 use tokio::sync::oneshot::error::RecvError;
 use yrs::encoding::read::{self, Cursor, Read};
 use yrs::sync::protocol::{
@@ -51,6 +51,7 @@ use crate::doc::{
     ShardError, Wire,
 };
 use crate::protocol::ysync;
+use crate::rate::{self, ConnectionRates};
 use crate::session::{Flow, SessionLimits};
 use crate::store::{Durable, WriteFailed};
 
@@ -75,8 +76,13 @@ pub mod close {
     /// The token expired while the socket was open. Final, like 4401:
     /// reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4440;
-    /// The client fell behind the document and was dropped from it.
+    /// The server holds all the documents it may and cannot load this one.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub use crate::session::close::{PING_TIMEOUT, STALLED};
+    /// An update would make the document larger than the server allows.
+    /// In the 4400-4499 range, so the provider does not reconnect only to
+    /// send the same update again.
+    pub const DOC_TOO_LARGE: u16 = 4413;
 }
 
 /// Longest close reason in bytes: a close frame's payload is at most 125
@@ -87,9 +93,9 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// equals a connection's id, which counts up from 1.
 const PROBE_ID_BIT: u64 = 1 << 63;
 
-/// Frames a probe's queue holds: the three of a subscription, plus room for
-/// broadcasts that land in the instant it is subscribed.
-const PROBE_QUEUE_FRAMES: usize = 16;
+/// Bytes a probe's queue holds. The frames of a subscription go in whatever
+/// their size; broadcasts that land in the instant it is subscribed may not.
+const PROBE_QUEUE_BYTES: usize = 64 * 1024;
 
 /// The encoded empty Yjs update (no structs, no deletions). Clients with
 /// nothing to send answer step 1 with it: there is nothing to apply.
@@ -180,6 +186,13 @@ pub struct YSession {
     /// then an update with missing dependencies is expected (typed between
     /// the client's step 1 and ours) and the coming step 2 will cover it.
     step2_due: bool,
+    rates: ConnectionRates,
+    /// Set when an update was dropped for the rate limit: at this time (when
+    /// the bucket has refilled) the client is sent our step 1, and its step
+    /// 2 brings back what was dropped.
+    rate_resync: Option<tokio::time::Instant>,
+    /// The shard left this connection behind: resync once the queue drains.
+    resync_due: bool,
 }
 
 impl YSession {
@@ -203,6 +216,68 @@ impl YSession {
             shard: None,
             writes: FuturesOrdered::new(),
             step2_due: false,
+            rates: ConnectionRates::new(&limits.rates),
+            rate_resync: None,
+            resync_due: false,
+        }
+    }
+
+    /// Whether the shard left this connection behind (see [`YSession::on_drained`]).
+    pub fn has_pending_resync(&self) -> bool {
+        self.resync_due
+    }
+
+    /// The queue has drained: the shard sends what the client missed as a
+    /// sync step 2 (and everyone's presence). If it does not fit yet, the
+    /// next drain tries again.
+    pub fn on_drained(&mut self) -> Flow {
+        let Some(shard) = self.shard.clone() else {
+            self.resync_due = false;
+            return Flow::Continue;
+        };
+        match shard.resync(self.peer.id()) {
+            Ok(_) => {
+                self.resync_due = false;
+                Flow::Continue
+            }
+            Err(ShardError::SlowConsumer) => Flow::Continue,
+            Err(e) => {
+                self.resync_due = false;
+                self.shard_error(&shard, e)
+            }
+        }
+    }
+
+    /// When to ask the client for what the rate limit dropped, if anything was.
+    pub fn rate_resync_at(&self) -> Option<tokio::time::Instant> {
+        self.rate_resync
+    }
+
+    /// Asks the client for what the rate limit dropped: our step 1, to
+    /// which it answers with a step 2 holding everything we lack.
+    pub async fn on_rate_resync(&mut self) -> Flow {
+        self.rate_resync = None;
+        let Some(shard) = self.shard.clone() else {
+            return Flow::Continue;
+        };
+        if self.step2_due {
+            // A step 1 is out already; its answer covers the dropped updates.
+            return Flow::Continue;
+        }
+        match self.probe(&shard, &[]) {
+            Ok(probe) => {
+                self.step2_due = true;
+                self.reply(probe.step1).await
+            }
+            Err(e) => self.shard_error(&shard, e),
+        }
+    }
+
+    fn rate_limited(&mut self, kind: rate::Kind, wait: Duration) {
+        tracing::debug!(peer = self.peer.id(), doc = %self.doc, ?kind, "rate limited; dropped");
+        crate::metrics::rate_limited(kind);
+        if kind == rate::Kind::Update && self.rate_resync.is_none() {
+            self.rate_resync = Some(tokio::time::Instant::now() + wait);
         }
     }
 
@@ -249,20 +324,21 @@ impl YSession {
         }
     }
 
-    /// The shard dropped this client (it fell behind, or the document is
-    /// being reloaded): close, and the provider reconnects and resyncs by
-    /// state vector, which loses nothing.
-    pub fn on_lagged(&mut self) -> Flow {
+    /// What the shard told this connection's peer: it fell behind (resync
+    /// once the queue drains), or it was dropped because the document is
+    /// being reloaded or was deleted: close, and the provider reconnects and
+    /// resyncs by state vector, which loses nothing.
+    pub fn on_peer_notice(&mut self) -> Flow {
+        if self.peer.take_behind().contains(&self.doc) {
+            self.resync_due = true;
+        }
         let dropped = self.peer.take_dropped();
         let Some((_, reason)) = dropped.iter().find(|(doc, _)| *doc == self.doc) else {
             return Flow::Continue;
         };
         self.shard = None;
+        self.resync_due = false;
         match reason {
-            DropReason::SlowConsumer => close_with(
-                close::TRY_AGAIN_LATER,
-                "fell behind the document; reconnect to resync",
-            ),
             DropReason::Reloaded => close_with(close::DOC_RELOADED, "document reloaded"),
             DropReason::Deleted => close_with(close::DOC_DELETED, "document deleted"),
         }
@@ -347,6 +423,9 @@ impl YSession {
                 Ok(()) => {
                     self.shard = Some(shard);
                     self.step2_due = true;
+                    // The answer went in whatever the room: read nothing
+                    // more until the queue is under its bound.
+                    self.peer.room().await;
                     return Flow::Continue;
                 }
                 Err(ShardError::Closed) => continue,
@@ -378,6 +457,12 @@ impl YSession {
         }
         if !self.can_write {
             return self.refuse_read_only().await;
+        }
+        if let Err(wait) = self.rates.check(rate::Kind::Update) {
+            // y-protocols have no error message: drop it, and ask for it
+            // back (step 1) once the bucket refills.
+            self.rate_limited(rate::Kind::Update, wait);
+            return Flow::Continue;
         }
         match shard
             .apply_update(update, &self.author, Some(self.peer.id()))
@@ -437,6 +522,11 @@ impl YSession {
         let Some(shard) = self.shard.clone() else {
             return Flow::Continue;
         };
+        if let Err(wait) = self.rates.check(rate::Kind::Awareness) {
+            // Dropped: the provider renews its presence every 15 s anyway.
+            self.rate_limited(rate::Kind::Awareness, wait);
+            return Flow::Continue;
+        }
         match shard.apply_awareness(update, self.peer.id()) {
             Ok(()) => Flow::Continue,
             Err(e) => self.shard_error(&shard, e),
@@ -482,13 +572,16 @@ impl YSession {
     /// the probe; one that lands when nobody had presence may stand in for
     /// the (then empty) presence, which it is, as of that instant.
     fn probe(&self, shard: &DocShard, state_vector: &[u8]) -> Result<Probe, ShardError> {
-        let (tx, mut rx) = mpsc::channel(PROBE_QUEUE_FRAMES);
-        let probe = Arc::new(Peer::new(PROBE_ID_BIT | self.peer.id(), Wire::YSync, tx));
+        let (probe, mut rx) = Peer::channel(
+            PROBE_ID_BIT | self.peer.id(),
+            Wire::YSync,
+            PROBE_QUEUE_BYTES,
+        );
         let subscribed = shard.subscribe(&probe, &self.author, state_vector);
         shard.unsubscribe(probe.id());
         subscribed?;
         let mut frame = || match rx.try_recv() {
-            Ok(Outbound::Frame(frame)) => Some(frame),
+            Some(Outbound::Frame(frame)) => Some(frame),
             _ => None,
         };
         let (Some(step2), Some(step1)) = (frame(), frame()) else {
@@ -508,6 +601,10 @@ impl YSession {
             RegistryError::Shard(ShardError::ShuttingDown) => {
                 close_with(close::GOING_AWAY, "server shutting down")
             }
+            RegistryError::Busy(_) => close_with(
+                close::TRY_AGAIN_LATER,
+                "server busy: too many documents in use; try again later",
+            ),
             _ => close_with(close::INTERNAL_ERROR, "could not open the document"),
         }
     }
@@ -537,6 +634,7 @@ impl YSession {
                 close_with(close::DOC_RELOADED, "document reloaded")
             }
             ShardError::ShuttingDown => close_with(close::GOING_AWAY, "server shutting down"),
+            ShardError::TooLarge { .. } => close_with(close::DOC_TOO_LARGE, e.to_string()),
             ShardError::AlreadySubscribed
             | ShardError::Corrupt(_)
             | ShardError::NotEmpty

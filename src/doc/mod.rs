@@ -10,7 +10,7 @@ mod registry;
 mod shard;
 
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
-pub use peer::{DropReason, Outbound, Peer, SendError, Wire};
+pub use peer::{DropReason, Outbound, OutboundRx, Peer, QueueMeter, SendError, Wire};
 pub use registry::{DocInfo, DocRegistry, Initial, RegistryError};
 pub(crate) use shard::{decode_guarded, new_doc};
 pub use shard::{Applied, DocShard, ShardError, ShardSettings, CLOSE_DOC_RELOADED, TEXT_NAME};

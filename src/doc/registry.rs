@@ -4,9 +4,15 @@
 //! document share one load instead of racing two (the map guard is dropped
 //! before the load is awaited). A shard leaves the map when it closes itself
 //! (idle eviction) or is poisoned; the next user loads it again from disk.
+//!
+//! With a bound on resident documents, loading one more first evicts the
+//! least recently used documents that nobody is subscribed to; if every
+//! resident document has subscribers, the load is refused
+//! ([`RegistryError::Busy`]) rather than letting memory grow.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
@@ -45,6 +51,10 @@ pub enum RegistryError {
     History(#[from] HistoryError),
     #[error("write failed: {0}")]
     Write(#[from] WriteFailed),
+    /// The resident-document bound is reached and every resident document
+    /// is in use.
+    #[error("{0} documents are in memory, the most allowed, and all are in use; try again later")]
+    Busy(usize),
 }
 
 /// What a new document starts with.
@@ -61,6 +71,10 @@ pub enum Initial {
 #[derive(Default)]
 struct Slot {
     shard: OnceCell<Arc<DocShard>>,
+    /// When the document was last looked up, in milliseconds since the
+    /// registry started: with the shard's idle time, its recency for LRU
+    /// eviction.
+    last_used_ms: AtomicU64,
 }
 
 /// A document as listed by `GET /docs`.
@@ -87,6 +101,10 @@ pub struct DocRegistry {
     feeds: FeedHub,
     /// Documents being deleted: no load may start or finish meanwhile.
     deleting: DashMap<DocId, ()>,
+    /// Most resident documents (0: no bound); see the module docs.
+    max_resident: usize,
+    /// The zero of `Slot::last_used_ms`.
+    started: Instant,
 }
 
 impl DocRegistry {
@@ -105,7 +123,16 @@ impl DocRegistry {
             settings,
             feeds,
             deleting: DashMap::new(),
+            max_resident: 0,
+            started: Instant::now(),
         }
+    }
+
+    /// Bounds the documents in memory to `max` (0: no bound).
+    #[must_use]
+    pub fn with_max_resident(mut self, max: usize) -> Self {
+        self.max_resident = max;
+        self
     }
 
     /// The watcher feeds.
@@ -171,7 +198,18 @@ impl DocRegistry {
             return Err(RegistryError::NotFound(id.clone()));
         }
         for _ in 0..MAX_LOOKUP_RETRIES {
+            // Checked before the slot exists, so a refused load leaves
+            // nothing behind. Loads racing here may pass the bound by as many
+            // as run at once.
+            if self.max_resident > 0
+                && self.slots.len() >= self.max_resident
+                && !self.slots.contains_key(id)
+            {
+                self.make_room()?;
+            }
             let slot = self.slots.entry(id.clone()).or_default().clone();
+            slot.last_used_ms
+                .store(self.elapsed_ms(Instant::now()), Ordering::Relaxed);
             // A failed load leaves the cell empty and the slot in place, so
             // that a concurrent waiter on the same slot can retry it; a slot
             // is only removed once it holds a closed shard.
@@ -189,6 +227,49 @@ impl DocRegistry {
             self.slots.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
         }
         Err(RegistryError::Shard(ShardError::Closed))
+    }
+
+    fn elapsed_ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Evicts the least recently used documents nobody is subscribed to,
+    /// until a little under the bound (a sixty-fourth of it is freed at
+    /// once, so that a stream of loads does not scan the map on each).
+    ///
+    /// # Errors
+    /// [`RegistryError::Busy`] if the bound cannot be made: every resident
+    /// document has subscribers (or unsaved changes the disk queue has no
+    /// room to snapshot right now).
+    fn make_room(&self) -> Result<(), RegistryError> {
+        let target = self
+            .max_resident
+            .saturating_sub((self.max_resident / 64).max(1));
+        let mut idle: Vec<(u64, Arc<DocShard>)> = self
+            .slots
+            .iter()
+            .filter_map(|e| {
+                let shard = e.value().shard.get()?.clone();
+                let idle_since = shard.idle_since()?;
+                let used = e.value().last_used_ms.load(Ordering::Relaxed);
+                Some((used.max(self.elapsed_ms(idle_since)), shard))
+            })
+            .collect();
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        for (_, shard) in idle {
+            if self.slots.len() <= target {
+                break;
+            }
+            if shard.evict_if_idle() {
+                self.forget(&shard);
+                crate::metrics::evicted();
+                tracing::debug!(doc = %shard.id(), "least recently used document evicted");
+            }
+        }
+        if self.slots.len() >= self.max_resident {
+            return Err(RegistryError::Busy(self.slots.len()));
+        }
+        Ok(())
     }
 
     async fn exists_on_disk(&self, id: &DocId) -> Result<bool, RegistryError> {
@@ -549,6 +630,7 @@ mod tests {
             snapshot_every_updates: 100,
             snapshot_interval: Duration::from_secs(60),
             version_idle: Duration::from_secs(60),
+            max_doc_bytes: 0,
         };
         let feeds = FeedHub::new(
             1,

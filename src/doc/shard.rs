@@ -45,7 +45,15 @@ pub struct ShardSettings {
     pub snapshot_interval: Duration,
     /// Or once the document has had no edit for this long (an "idle" version).
     pub version_idle: Duration,
+    /// Refuse updates that would make the encoded state larger than this
+    /// (0: no limit). See [`ShardError::TooLarge`].
+    pub max_doc_bytes: u64,
 }
+
+/// Most awareness removals remembered for one member that fell behind;
+/// presences that left beyond that time out on the client (y-protocols
+/// drops a presence not renewed for 30 s).
+const MAX_REMOVALS_WHILE_BEHIND: usize = 1024;
 
 /// Most authors a version lists; later ones are left out (the log still
 /// attributes every update).
@@ -68,6 +76,10 @@ pub enum ShardError {
     AlreadySubscribed,
     #[error("outbound queue full")]
     SlowConsumer,
+    /// The update would make the document's encoded state larger than
+    /// `max_doc_bytes` (as estimated; see `DocShard::apply_update`).
+    #[error("the document would pass its size limit of {max} bytes (about {now} now)")]
+    TooLarge { now: u64, max: u64 },
     /// The shard was evicted or poisoned: look it up again in the registry.
     #[error("document closed")]
     Closed,
@@ -93,6 +105,7 @@ impl ShardError {
             Self::NotSubscribed => ErrorCode::NotSubscribed,
             Self::AlreadySubscribed => ErrorCode::AlreadySubscribed,
             Self::SlowConsumer => ErrorCode::SlowConsumer,
+            Self::TooLarge { .. } => ErrorCode::DocTooLarge,
             Self::Closed => ErrorCode::DocReloaded,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::Corrupt(_) | Self::NotEmpty | Self::Busy => ErrorCode::Internal,
@@ -131,6 +144,19 @@ struct Member {
     /// Awareness clients this peer introduced, removed when it leaves.
     /// Bounded in practice by what one client sends; cleared on leave.
     awareness_clients: Vec<ClientID>,
+    /// Set while the peer misses this document's broadcasts for lack of
+    /// room in its queue: nothing more is queued for it until a resync.
+    behind: Option<Behind>,
+}
+
+/// What a member that fell behind needs to catch up.
+struct Behind {
+    /// A state vector the member has everything up to: the resync sends
+    /// the diff against it.
+    state_vector: StateVector,
+    /// Awareness clients removed since, so the resync can remove them too.
+    /// At most [`MAX_REMOVALS_WHILE_BEHIND`].
+    left: Vec<ClientID>,
 }
 
 struct ShardState {
@@ -154,6 +180,14 @@ struct ShardState {
     full_state: Option<Bytes>,
     /// Set when evicted or poisoned; callers then look the doc up again.
     closed: bool,
+    /// The encoded state's size when last measured exactly (0 before the
+    /// first measurement).
+    size_measured: u64,
+    /// Bytes of updates applied since that measurement: `size_measured +
+    /// size_since` bounds the encoded size from above in practice (merging
+    /// updates never takes more room than their sum, bar a few bytes per
+    /// split item), and is cheap to keep.
+    size_since: u64,
     /// The text delta of the last transaction, left by the text observer
     /// when `want_delta` is set.
     last_delta: Arc<Mutex<Vec<Op>>>,
@@ -216,6 +250,7 @@ impl DocShard {
     ) -> Result<Self, ShardError> {
         let doc = new_doc();
         let text = doc.get_or_insert_text(TEXT_NAME);
+        let mut stored_bytes = 0u64;
         // Loaded from a snapshot alone, the snapshot's bytes are the full
         // state: the first joiners need not wait for an encode.
         let mut full_state = None;
@@ -238,6 +273,7 @@ impl DocShard {
                     .map(|(seq, s)| (*seq, &s.state))
                     .chain(stored.log.iter().map(|(seq, e)| (*seq, &e.update)));
                 for (seq, bytes) in states {
+                    stored_bytes += bytes.len() as u64;
                     let update = decode_guarded(|| Update::decode_v1(bytes))
                         .map_err(|e| ShardError::Corrupt(format!("{id} seq {seq}: {e}")))?;
                     let applied =
@@ -283,6 +319,8 @@ impl DocShard {
                 idle_since: Some(Instant::now()),
                 full_state,
                 closed: false,
+                size_measured: 0,
+                size_since: stored_bytes,
                 last_delta,
                 want_delta,
             }),
@@ -338,20 +376,13 @@ impl DocShard {
         if st.members.iter().any(|m| m.peer.id() == peer.id()) {
             return Err(ShardError::AlreadySubscribed);
         }
-        let (update, server_sv) = {
-            let txn = st.awareness.doc().transact();
-            let update = match &client_sv {
-                Some(sv) if !sv.is_empty() => Bytes::from(txn.encode_diff_v1(sv)),
-                _ => match &st.full_state {
-                    Some(full) => full.clone(),
-                    None => Bytes::from(txn.encode_diff_v1(&StateVector::default())),
-                },
-            };
-            (update, Bytes::from(txn.state_vector().encode_v1()))
+        let update = match &client_sv {
+            Some(sv) if !sv.is_empty() => {
+                Bytes::from(st.awareness.doc().transact().encode_diff_v1(sv))
+            }
+            _ => full_state_locked(&mut st),
         };
-        if client_sv.as_ref().is_none_or(|sv| sv.is_empty()) && st.full_state.is_none() {
-            st.full_state = Some(update.clone());
-        }
+        let server_sv = Bytes::from(st.awareness.doc().transact().state_vector().encode_v1());
         let awareness = encode_awareness(&st.awareness);
         let frames = match peer.wire() {
             Wire::Folio => vec![protocol::encode(Kind::Synced(v1::Synced {
@@ -370,16 +401,16 @@ impl DocShard {
                 frames
             }
         };
+        // An answer to the peer's own request: queued whatever the room,
+        // and its connection waits for room before reading more.
         for frame in frames {
-            peer.try_send(frame).map_err(|e| match e {
-                SendError::Full => ShardError::SlowConsumer,
-                SendError::Closed => ShardError::Closed,
-            })?;
+            peer.force_send(frame).map_err(|_| ShardError::Closed)?;
         }
         st.members.push(Member {
             peer: peer.clone(),
             author: author.into(),
             awareness_clients: Vec::new(),
+            behind: None,
         });
         st.idle_since = None;
         Ok(())
@@ -445,6 +476,9 @@ impl DocShard {
                 .iter()
                 .all(|(client, ranges)| ranges.iter().all(|r| r.end <= have.get(client)))
         };
+        if !all_blocks_known {
+            self.check_size(&mut st, update.len() as u64)?;
+        }
         let mut counts = (
             id_set_len(&decoded.insertions(false)),
             id_set_len(decoded.delete_set()),
@@ -512,6 +546,32 @@ impl DocShard {
         Ok(self.commit(&mut st, permit, update, author, counts, want_delta, from))
     }
 
+    /// Refuses an update of `len` bytes that would take the document past
+    /// `max_doc_bytes`. The size is estimated as the last exact measurement
+    /// plus the bytes of every update since. When that estimate would pass
+    /// the limit, the state is encoded to measure it exactly (and kept for
+    /// joiners), but at most once per `max / 1024` bytes of updates accepted,
+    /// so a document at its limit is not re-encoded on every keystroke: the
+    /// limit may bite up to that much early.
+    ///
+    /// # Errors
+    /// [`ShardError::TooLarge`].
+    fn check_size(&self, st: &mut ShardState, len: u64) -> Result<(), ShardError> {
+        let max = self.settings.max_doc_bytes;
+        if max == 0 || st.size_measured + st.size_since + len <= max {
+            return Ok(());
+        }
+        if st.size_since >= (max / 1024).max(1) {
+            st.full_state = None;
+            full_state_locked(st);
+        }
+        let now = st.size_measured + st.size_since;
+        if now + len > max {
+            return Err(ShardError::TooLarge { now, max });
+        }
+        Ok(())
+    }
+
     /// Logs, publishes and broadcasts an update just applied to the doc.
     #[allow(clippy::too_many_arguments)]
     fn commit(
@@ -542,6 +602,7 @@ impl DocShard {
             st.authors_since_version.push(author.into());
         }
         st.full_state = None;
+        st.size_since += update.len() as u64;
         st.updates_since_snapshot += 1;
         let durable = permit.send(WriteOp::Append {
             doc: self.id.clone(),
@@ -584,6 +645,13 @@ impl DocShard {
     ) -> Result<Option<(Applied, Option<Durable>)>, ShardError> {
         /// Attempts before giving up on a document that changes under us.
         const ATTEMPTS: usize = 4;
+        let max = self.settings.max_doc_bytes;
+        if max > 0 && target.len() as u64 > max {
+            return Err(ShardError::TooLarge {
+                now: self.state.lock().size_measured,
+                max,
+            });
+        }
         for _ in 0..ATTEMPTS {
             let (current, seen_seq) = {
                 let st = self.state.lock();
@@ -796,18 +864,7 @@ impl DocShard {
 
     /// The whole document as one Yjs v1 update.
     pub fn full_state(&self) -> Bytes {
-        let mut st = self.state.lock();
-        if let Some(full) = &st.full_state {
-            return full.clone();
-        }
-        let full = Bytes::from(
-            st.awareness
-                .doc()
-                .transact()
-                .encode_diff_v1(&StateVector::default()),
-        );
-        st.full_state = Some(full.clone());
-        full
+        full_state_locked(&mut self.state.lock())
     }
 
     /// A summary for listings.
@@ -848,6 +905,34 @@ impl DocShard {
         false
     }
 
+    /// When the last subscriber left, or `None` while anyone is subscribed.
+    pub fn idle_since(&self) -> Option<Instant> {
+        self.state.lock().idle_since
+    }
+
+    /// Closes the shard now if nobody is subscribed, snapshotting unsaved
+    /// changes first (the least-recently-used eviction). Returns whether it
+    /// closed; it does not if the disk queue has no room for the snapshot.
+    pub fn evict_if_idle(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.closed {
+            return true;
+        }
+        if !st.members.is_empty() {
+            return false;
+        }
+        if st.updates_since_snapshot > 0 {
+            self.snapshot_locked(&mut st, VersionKind::Idle);
+            if st.updates_since_snapshot > 0 {
+                return false;
+            }
+        }
+        // As in `maintain`: the registry puts a writer barrier in front of
+        // every load, so the snapshot is on disk before any reload.
+        st.closed = true;
+        true
+    }
+
     /// Queues a snapshot if the document changed since the last one. Used at
     /// shutdown; waits for queue space, so call it without holding anything.
     pub async fn flush_snapshot(&self) {
@@ -880,16 +965,7 @@ impl DocShard {
         kind: VersionKind,
         label: String,
     ) -> Durable {
-        let state = match &st.full_state {
-            Some(full) => full.clone(),
-            None => Bytes::from(
-                st.awareness
-                    .doc()
-                    .transact()
-                    .encode_diff_v1(&StateVector::default()),
-            ),
-        };
-        st.full_state = Some(state.clone());
+        let state = full_state_locked(st);
         let seq = st.last_seq;
         let time_ms = now_ms();
         let version = match st.last_version.take() {
@@ -945,38 +1021,111 @@ impl DocShard {
         relayed
     }
 
-    /// Sends `msg` to every member but `except`, encoded once per wire. A
-    /// member whose queue is full is dropped from the document and told so
-    /// through its peer; it resubscribes with its state vector, which the
-    /// CRDT makes lossless.
+    /// Sends `msg` to every member but `except`, encoded once per wire.
+    ///
+    /// A member whose queue has no room falls behind: it stays subscribed
+    /// (its presence is untouched), nothing more is queued for it, and its
+    /// connection is asked to call [`DocShard::resync`] once its queue
+    /// drains. That way a slow consumer costs the server a state vector, not
+    /// a backlog, and the CRDT makes the catch-up lossless. A member whose
+    /// connection is gone is removed.
     fn broadcast(&self, st: &mut ShardState, msg: &Broadcast, except: Option<u64>) {
         let started = Instant::now();
         let mut frames = FrameCache::default();
-        let mut dropped = Vec::new();
-        let mut i = 0;
-        while i < st.members.len() {
-            let peer = &st.members[i].peer;
-            if Some(peer.id()) == except {
-                i += 1;
+        let mut resync_point: Option<StateVector> = None;
+        let mut gone = Vec::new();
+        for i in 0..st.members.len() {
+            let member = &st.members[i];
+            if Some(member.peer.id()) == except || member.behind.is_some() {
                 continue;
             }
-            let frame = frames.get(peer.wire(), || msg.encode(&self.id, peer.wire()));
-            match peer.try_send(frame) {
-                Ok(()) => i += 1,
-                Err(e) => {
-                    let member = st.members.swap_remove(i);
-                    if e == SendError::Full {
-                        tracing::warn!(doc = %self.id, peer = member.peer.id(), "slow consumer dropped from document");
-                        member.peer.mark_lagged(self.id.clone());
-                    }
-                    dropped.push(member);
+            let wire = member.peer.wire();
+            let frame = frames.get(wire, || msg.encode(&self.id, wire));
+            match member.peer.try_send(frame) {
+                Ok(()) => {}
+                Err(SendError::Full) => {
+                    let state_vector = resync_point
+                        .get_or_insert_with(|| msg.resync_point(&st.awareness))
+                        .clone();
+                    let member = &mut st.members[i];
+                    tracing::debug!(doc = %self.id, peer = member.peer.id(), "fell behind; resync once drained");
+                    crate::metrics::fell_behind();
+                    member.behind = Some(Behind {
+                        state_vector,
+                        left: Vec::new(),
+                    });
+                    member.peer.mark_behind(self.id.clone());
                 }
+                Err(SendError::Closed) => gone.push(i),
             }
         }
         crate::metrics::fanned_out(started.elapsed());
-        if !dropped.is_empty() {
-            self.drop_members(st, dropped);
+        if !gone.is_empty() {
+            // Highest index first, so each swap_remove leaves the rest in place.
+            let gone = gone
+                .into_iter()
+                .rev()
+                .map(|i| st.members.swap_remove(i))
+                .collect();
+            self.drop_members(st, gone);
         }
+    }
+
+    /// Catches up the member `peer_id` if it fell behind (see
+    /// [`DocShard::broadcast`]): queues everything it may lack since then as
+    /// one message (`Resynced`; on `/yjs`, a sync step 2 and the presence),
+    /// without waiting. Returns whether it was behind.
+    ///
+    /// # Errors
+    /// [`ShardError::SlowConsumer`] if the queue has no room yet (the member
+    /// stays behind: call again once it drains); not subscribed; closed.
+    pub fn resync(&self, peer_id: u64) -> Result<bool, ShardError> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(ShardError::Closed);
+        }
+        let at = st
+            .members
+            .iter()
+            .position(|m| m.peer.id() == peer_id)
+            .ok_or(ShardError::NotSubscribed)?;
+        let Some(behind) = &st.members[at].behind else {
+            return Ok(false);
+        };
+        let peer = st.members[at].peer.clone();
+        if !peer.is_drained() {
+            return Err(ShardError::SlowConsumer);
+        }
+        let update = Bytes::from(
+            st.awareness
+                .doc()
+                .transact()
+                .encode_diff_v1(&behind.state_vector),
+        );
+        let awareness = awareness_with_removals(&st.awareness, &behind.left);
+        // Into a drained queue, whatever its size: at most one resync per
+        // document waits in the queue.
+        let frames = match peer.wire() {
+            Wire::Folio => vec![protocol::encode(Kind::Resynced(v1::Resynced {
+                doc: self.id.to_string(),
+                update,
+                awareness,
+                seq: st.last_seq,
+            }))],
+            Wire::YSync => {
+                let mut frames = vec![ysync::step2(&update)];
+                if !awareness.is_empty() {
+                    frames.push(ysync::awareness(&awareness));
+                }
+                frames
+            }
+        };
+        for frame in frames {
+            peer.force_send(frame).map_err(|_| ShardError::Closed)?;
+        }
+        st.members[at].behind = None;
+        crate::metrics::resynced();
+        Ok(true)
     }
 
     /// Removes the awareness of members that left and tells the others.
@@ -991,6 +1140,11 @@ impl DocShard {
         for client in &clients {
             st.awareness.remove_state(*client);
             self.feed.presence(client.get(), None);
+        }
+        // Members that are behind hear of it in their resync.
+        for behind in st.members.iter_mut().filter_map(|m| m.behind.as_mut()) {
+            let room = MAX_REMOVALS_WHILE_BEHIND.saturating_sub(behind.left.len());
+            behind.left.extend(clients.iter().take(room));
         }
         let Ok(update) = st.awareness.update_with_clients(clients) else {
             return;
@@ -1030,6 +1184,26 @@ enum Broadcast {
 }
 
 impl Broadcast {
+    /// A state vector that a member who missed this broadcast (and nothing
+    /// before it) has everything up to: the document's state now, lowered
+    /// to where this update's blocks start. Computed once per broadcast, and
+    /// only when some member falls behind.
+    fn resync_point(&self, awareness: &Awareness) -> StateVector {
+        let mut sv = awareness.doc().transact().state_vector();
+        if let Self::Update { update, .. } = self {
+            if let Ok(decoded) = decode_guarded(|| Update::decode_v1(update)) {
+                for (client, clock) in decoded.state_vector_lower().iter() {
+                    sv.set_min(*client, *clock);
+                }
+            } else {
+                // Cannot happen (the update was applied), but if it did the
+                // whole state is a safe answer.
+                sv = StateVector::default();
+            }
+        }
+        sv
+    }
+
     fn encode(&self, doc: &DocId, wire: Wire) -> Bytes {
         match (self, wire) {
             (Self::Update { update, seq }, Wire::Folio) => {
@@ -1116,6 +1290,45 @@ fn presence_of(st: &ShardState, client: ClientID, author: &str) -> Option<Presen
     })
 }
 
+/// The whole state as one update, encoded once per change and kept; each
+/// encoding is also an exact measurement of the document's size.
+fn full_state_locked(st: &mut ShardState) -> Bytes {
+    if let Some(full) = &st.full_state {
+        return full.clone();
+    }
+    let full = Bytes::from(
+        st.awareness
+            .doc()
+            .transact()
+            .encode_diff_v1(&StateVector::default()),
+    );
+    st.size_measured = full.len() as u64;
+    st.size_since = 0;
+    st.full_state = Some(full.clone());
+    full
+}
+
+/// Everyone's presence plus the removal of `left` (those still gone), or
+/// empty bytes if that is nobody.
+fn awareness_with_removals(awareness: &Awareness, left: &[ClientID]) -> Bytes {
+    let Ok(mut update) = awareness.update() else {
+        return Bytes::new();
+    };
+    let known: Vec<ClientID> = left
+        .iter()
+        .copied()
+        .filter(|c| !update.clients.contains_key(c))
+        .collect();
+    if let Ok(removed) = awareness.update_with_clients(known) {
+        update.clients.extend(removed.clients);
+    }
+    if update.clients.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from(update.encode_v1())
+    }
+}
+
 /// The current presence of everyone, or empty bytes if nobody has any.
 fn encode_awareness(awareness: &Awareness) -> Bytes {
     match awareness.update() {
@@ -1128,13 +1341,13 @@ fn encode_awareness(awareness: &Awareness) -> Bytes {
 mod tests {
     use super::*;
     use crate::store::{DocStore, SledStore};
-    use tokio::sync::mpsc;
 
     fn settings() -> ShardSettings {
         ShardSettings {
             snapshot_every_updates: 3,
             snapshot_interval: Duration::from_secs(60),
             version_idle: Duration::from_secs(60),
+            max_doc_bytes: 0,
         }
     }
 
@@ -1235,21 +1448,118 @@ mod tests {
         assert_eq!(shard.info().last_seq, 2);
     }
 
+    /// Applies every frame queued for a Folio peer to `doc`, as a client
+    /// would; returns how many were relayed updates and resyncs.
+    fn deliver(rx: &mut crate::doc::OutboundRx, doc: &Doc) -> (usize, usize) {
+        use crate::doc::Outbound;
+        use prost::Message as _;
+        let (mut updates, mut resyncs) = (0, 0);
+        while let Some(out) = rx.try_recv() {
+            let Outbound::Frame(frame) = out else {
+                continue;
+            };
+            rx.written(frame.len());
+            let msg = v1::ServerMessage::decode(frame).expect("decodes");
+            let update = match msg.kind {
+                Some(Kind::Synced(s)) => s.update,
+                Some(Kind::Update(u)) => {
+                    updates += 1;
+                    u.update
+                }
+                Some(Kind::Resynced(r)) => {
+                    resyncs += 1;
+                    r.update
+                }
+                _ => continue,
+            };
+            let update = Update::decode_v1(&update).expect("update");
+            doc.transact_mut().apply_update(update).expect("applies");
+        }
+        (updates, resyncs)
+    }
+
     #[tokio::test]
-    async fn full_queue_drops_the_slow_member_and_flags_it() {
+    async fn a_full_queue_leaves_the_member_behind_until_a_resync_catches_it_up() {
         let dir = tempfile::tempdir().expect("tempdir");
         let shard = new_shard(dir.path());
-        let (tx, _rx) = mpsc::channel(2);
-        let slow = Arc::new(Peer::new(7, Wire::Folio, tx));
+        // Room for the Synced and about two relayed updates.
+        let (slow, mut rx) = Peer::channel(7, Wire::Folio, 400);
         shard.subscribe(&slow, "slow", &[]).expect("subscribe");
-        for i in 0..3 {
+        for i in 0..20 {
             shard
                 .apply_update(insert_update(10 + i, "x"), "t", None)
                 .await
                 .expect("apply");
         }
-        assert_eq!(shard.info().subscribers, 0);
-        assert_eq!(slow.take_lagged(), vec![shard.id().clone()]);
+        // Still a member, flagged once, and nothing more was queued.
+        assert_eq!(shard.info().subscribers, 1);
+        assert_eq!(slow.take_behind(), vec![shard.id().clone()]);
+        let queued = slow.meter().queued();
+        assert!(queued <= 400, "{queued} bytes queued");
+        // Not drained yet: the resync waits.
+        assert!(matches!(shard.resync(7), Err(ShardError::SlowConsumer)));
+        let client = new_doc();
+        let (relayed, _) = deliver(&mut rx, &client);
+        assert!(relayed < 20, "{relayed} relayed");
+        assert!(shard.resync(7).expect("resync"));
+        assert_eq!(deliver(&mut rx, &client), (0, 1));
+        let text = client.get_or_insert_text(TEXT_NAME);
+        assert_eq!(text.get_string(&client.transact()), shard.text());
+        // Caught up: relaying works again, and a second resync is a no-op.
+        assert!(!shard.resync(7).expect("resync"));
+        shard
+            .apply_update(insert_update(99, "y"), "t", None)
+            .await
+            .expect("apply");
+        assert_eq!(deliver(&mut rx, &client), (1, 0));
+        assert_eq!(text.get_string(&client.transact()), shard.text());
+    }
+
+    #[tokio::test]
+    async fn updates_past_the_size_limit_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store, 16).expect("writer");
+        let shard = DocShard::load(
+            DocId::parse("d").expect("id"),
+            None,
+            writer,
+            ShardSettings {
+                max_doc_bytes: 4096,
+                ..settings()
+            },
+            feed(),
+        )
+        .expect("load");
+        let mut accepted = 0;
+        let refused = loop {
+            match shard
+                .apply_update(insert_update(100 + accepted, &"a".repeat(500)), "t", None)
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted < 100, "never refused");
+        };
+        assert!(
+            matches!(refused, ShardError::TooLarge { max: 4096, .. }),
+            "{refused:?}"
+        );
+        assert_eq!(refused.code(), ErrorCode::DocTooLarge);
+        assert_eq!(shard.info().last_seq, accepted);
+        assert_eq!(shard.text().len(), 500 * accepted as usize);
+        assert!(shard.full_state().len() <= 4096);
+        // Small edits that fit still go in; a huge text is refused up front.
+        assert!(shard
+            .apply_update(insert_update(1, "b"), "t", None)
+            .await
+            .is_ok());
+        let big = "z".repeat(5000);
+        assert!(matches!(
+            shard.set_text(&big, "t", None, false).await,
+            Err(ShardError::TooLarge { .. })
+        ));
     }
 
     /// A shard over `store`, as [`new_shard`] makes, loaded from what the
@@ -1305,8 +1615,7 @@ mod tests {
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
         let (writer, _thread) = StoreWriter::start(store.clone(), 16).expect("writer");
         let shard = load_shard(&store, &writer);
-        let (tx, mut rx) = mpsc::channel(16);
-        let watcher = Arc::new(Peer::new(3, Wire::Folio, tx));
+        let (watcher, mut rx) = Peer::channel(3, Wire::Folio, 1 << 20);
         shard.subscribe(&watcher, "w", &[]).expect("subscribe");
         let (insert, deletion) = hello_and_deletion();
         let mixed =
@@ -1330,7 +1639,7 @@ mod tests {
         assert_eq!(load_shard(&store, &writer).text(), text);
         // The watcher, from what it was sent, has the same text.
         let copy = Doc::new();
-        while let Ok(super::super::Outbound::Frame(frame)) = rx.try_recv() {
+        while let Some(super::super::Outbound::Frame(frame)) = rx.try_recv() {
             let msg = <protocol::ServerMessage as prost::Message>::decode(frame).expect("frame");
             let update = match msg.kind {
                 Some(Kind::Synced(s)) => s.update,
@@ -1353,8 +1662,7 @@ mod tests {
     async fn an_update_with_a_text_item_as_parent_is_refused_without_closing_the_shard() {
         let dir = tempfile::tempdir().expect("tempdir");
         let shard = new_shard(dir.path());
-        let (tx, _rx) = mpsc::channel(16);
-        let watcher = Arc::new(Peer::new(3, Wire::Folio, tx));
+        let (watcher, _rx) = Peer::channel(3, Wire::Folio, 1 << 20);
         shard.subscribe(&watcher, "w", &[]).expect("subscribe");
         let applied = shard
             .apply_update(insert_update(1, "hello"), "t", None)

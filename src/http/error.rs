@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds), for refusals that pass with time.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -25,14 +27,28 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The same error, telling the client to retry after `secs` seconds.
+    #[must_use]
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -59,6 +75,7 @@ impl From<ShardError> for ApiError {
                 (StatusCode::CONFLICT, "conflict")
             }
             ShardError::NotEmpty => (StatusCode::CONFLICT, "doc_exists"),
+            ShardError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "doc_too_large"),
             ShardError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "retry"),
             ShardError::Corrupt(_) => {
                 tracing::error!(error = %e, "corrupt document");
@@ -93,6 +110,12 @@ impl From<RegistryError> for ApiError {
                 "doc_deleting",
                 format!("document {doc} is being deleted; try again"),
             ),
+            RegistryError::Busy(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                e.to_string(),
+            )
+            .retry_after(1),
             RegistryError::Write(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_failure",

@@ -3,6 +3,7 @@
 //! and [`crate::doc`].
 
 mod api;
+mod conns;
 mod error;
 mod history;
 mod metrics;
@@ -20,6 +21,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conns::{ConnectionLimiter, ConnectionPermit, Refused};
 pub use error::ApiError;
 
 use crate::auth::{AllowedOrigins, Auth};
@@ -38,6 +40,8 @@ pub struct AppState {
     pub next_connection_id: Arc<AtomicU64>,
     /// Bounds the replay streams running at once (see `history::MAX_REPLAYS`).
     pub replays: Arc<tokio::sync::Semaphore>,
+    /// Caps on open WebSockets and SSE streams (see [`conns`]).
+    pub conns: Arc<ConnectionLimiter>,
     /// Verifies tokens (or lets everyone in, in open mode): see [`crate::auth`].
     pub auth: Arc<Auth>,
 }
@@ -57,8 +61,13 @@ impl AppState {
         shutdown: CancellationToken,
         auth: Arc<Auth>,
     ) -> Self {
+        let conns = ConnectionLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         Self {
             registry,
+            conns,
             config: Arc::new(config),
             shutdown,
             connections: TaskTracker::new(),
@@ -71,11 +80,21 @@ impl AppState {
 
 /// The router. Tests can drive it directly; `server::run` serves it.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // Long-lived connections count against the connection caps.
+    let streams = Router::new()
         // GET for HTTP/1.1 upgrades, CONNECT for HTTP/2 (RFC 8441 extended
         // CONNECT, which `axum::serve` enables on every connection).
         .route("/ws", get(ws::upgrade).connect(ws::upgrade))
         .route("/yjs/{*doc}", get(yws::upgrade).connect(yws::upgrade))
+        .route("/docs/{id}/events", get(sse::doc_events))
+        .route("/docs/{id}/text/stream", get(sse::text_stream))
+        .route("/events", get(sse::all_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            conns::limit,
+        ));
+    Router::new()
+        .merge(streams)
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/docs", get(api::list_docs))
@@ -94,9 +113,6 @@ pub fn app(state: AppState) -> Router {
         .route("/docs/{id}/text", get(api::text))
         .route("/docs/{id}/state", get(api::state))
         .route("/docs/{id}/update", post(api::update))
-        .route("/docs/{id}/events", get(sse::doc_events))
-        .route("/docs/{id}/text/stream", get(sse::text_stream))
-        .route("/events", get(sse::all_events))
         // The browser pages (web/): demo editor, watcher, replay.
         .route("/", get(web::home))
         .route("/d/{*doc}", get(web::editor))

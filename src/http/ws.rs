@@ -3,23 +3,35 @@
 //! connection's bounded queue into the socket, flushing once per batch
 //! rather than once per frame.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
+use axum::Extension;
 use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument as _;
 
-use super::AppState;
-use crate::doc::{Outbound, Peer, Wire};
+use super::{AppState, ConnectionPermit};
+use crate::config::ServeConfig;
+use crate::doc::{Outbound, OutboundRx, Peer, QueueMeter, Wire};
+use crate::rate::Rates;
 use crate::session::{close, Flow, Session, SessionLimits};
 
 /// Longest wait for outstanding acks before closing a socket.
-const ACK_FLUSH_ON_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
+const ACK_FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
+
+/// Longest wait to write a close frame: a socket that takes nothing is
+/// dropped without one.
+const CLOSE_FRAME_WAIT: Duration = Duration::from_secs(2);
+
+/// A timer that does not fire (a year).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Frames written before one flush at most, so a busy queue still flushes.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
@@ -30,14 +42,25 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 0;
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<AppState>,
+    permit: Option<Extension<ConnectionPermit>>,
+) -> Response {
     configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
         let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
         // Everything logged while serving this socket (session, shards,
         // loads) carries its id; one span per connection, none per message.
         let span = tracing::info_span!("ws", conn = id);
         let tracker = app.connections.clone();
-        tracker.track_future(run(socket, app, id).instrument(span))
+        tracker.track_future(
+            async move {
+                // Held for as long as the socket is open.
+                let _permit = permit;
+                run(socket, app, id).await;
+            }
+            .instrument(span),
+        )
     })
 }
 
@@ -51,23 +74,44 @@ pub(super) fn configure(ws: WebSocketUpgrade, max_message_bytes: u32) -> WebSock
         .max_frame_size(max + 1)
 }
 
+/// The limits a session on this server enforces, following at most
+/// `max_docs` documents.
+pub(super) fn session_limits(config: &ServeConfig, max_docs: u32) -> SessionLimits {
+    let limits = &config.limits;
+    SessionLimits {
+        max_message_bytes: config.max_message_bytes,
+        max_docs_per_connection: max_docs,
+        max_unacked_updates: config.max_unacked_updates,
+        max_doc_bytes: limits.max_doc_bytes,
+        rates: Rates {
+            updates_per_sec: limits.updates_per_sec,
+            update_burst: limits.update_burst,
+            awareness_per_sec: limits.awareness_per_sec,
+            awareness_burst: limits.awareness_burst,
+        },
+    }
+}
+
 async fn run(socket: WebSocket, app: AppState, id: u64) {
+    let limits = app.config.limits;
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
-    let peer = Arc::new(Peer::new(id, Wire::Folio, tx));
-    let writer = tokio::spawn(write_loop(sink, rx));
-    let limits = SessionLimits {
-        max_message_bytes: app.config.max_message_bytes,
-        max_docs_per_connection: app.config.max_docs_per_connection,
-        max_unacked_updates: app.config.max_unacked_updates,
-    };
-    let mut session = Session::new(peer.clone(), app.registry.clone(), limits, app.auth.clone());
+    let (peer, rx) = Peer::channel(id, Wire::Folio, limits.outbound_queue_bytes);
+    let mut writer = tokio::spawn(write_loop(sink, rx, limits.stall_timeout()));
+    let session_limits = session_limits(&app.config, app.config.max_docs_per_connection);
+    let mut session = Session::new(
+        peer.clone(),
+        app.registry.clone(),
+        session_limits,
+        app.auth.clone(),
+    );
+    let mut liveness = Liveness::new(&limits, peer.meter().clone());
     // One timer per connection for token expiry, re-armed only when the
     // earliest deadline changes (a Hello, Subscribe, Reauth or expiry).
-    let expiry = tokio::time::sleep(std::time::Duration::ZERO);
+    let expiry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(expiry);
     let mut armed = None;
     tracing::debug!("connection open");
+    let mut writer_done = false;
     let flow = loop {
         let deadline = session.expiry_deadline();
         if deadline != armed {
@@ -81,29 +125,39 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
             () = app.shutdown.cancelled() => {
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
+            // The writer gave up on the socket (it stalled, or failed).
+            _ = &mut writer => {
+                writer_done = true;
+                break None;
+            }
             // Before reading: a frame that arrives after the deadline finds
             // the rights already gone.
             () = &mut expiry, if armed.is_some() => session.on_expiry().await,
             outcome = session.next_ack(), if session.has_pending_acks() => {
                 session.on_ack(outcome).await
             }
-            () = peer.lagged() => session.on_lagged().await,
-            msg = stream.next(), if session.can_read() => match msg {
-                Some(Ok(Message::Binary(frame))) => {
-                    crate::metrics::received(frame.len());
-                    session.on_frame(frame).await
-                }
-                Some(Ok(Message::Text(_))) => {
-                    Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "read error");
-                    if is_capacity(&e) {
-                        Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
-                    } else {
-                        break None;
+            () = peer.notified() => session.on_peer_notice().await,
+            () = peer.drained(), if session.has_pending_resync() => session.on_drained(),
+            () = liveness.due() => liveness.check(&peer),
+            msg = stream.next(), if session.can_read() => {
+                liveness.heard();
+                match msg {
+                    Some(Ok(Message::Binary(frame))) => {
+                        crate::metrics::received(frame.len());
+                        session.on_frame(frame).await
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read error");
+                        if is_capacity(&e) {
+                            Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                        } else {
+                            break None;
+                        }
                     }
                 }
             },
@@ -129,7 +183,7 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
         drop(session);
         drop(peer);
         let _ = writer.await;
-    } else {
+    } else if !writer_done {
         // The client went away: nothing more can be written.
         writer.abort();
     }
@@ -143,36 +197,131 @@ pub(super) fn is_capacity(e: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity")
 }
 
+/// Pings a connection that has been quiet for the ping interval, and closes
+/// it (4031) if, within the ping timeout, it neither sent anything (a pong
+/// is enough) nor took anything off its queue. A client that reads but is
+/// slow to answer is thus never closed for being slow; one that stopped
+/// reading is.
+pub(super) struct Liveness {
+    interval: Option<Duration>,
+    timeout: Duration,
+    meter: Arc<QueueMeter>,
+    heard_at: Instant,
+    /// When the outstanding ping was queued, and the frames written by then.
+    ping: Option<(Instant, u64)>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Liveness {
+    pub(super) fn new(limits: &crate::config::LimitArgs, meter: Arc<QueueMeter>) -> Self {
+        let interval = limits.ping_interval();
+        let now = Instant::now();
+        Self {
+            interval,
+            timeout: limits.ping_timeout(),
+            meter,
+            heard_at: now,
+            ping: None,
+            timer: Box::pin(tokio::time::sleep_until(now + interval.unwrap_or(NEVER))),
+        }
+    }
+
+    /// Something arrived from the client.
+    pub(super) fn heard(&mut self) {
+        self.heard_at = Instant::now();
+    }
+
+    /// Resolves when it is time to [`Liveness::check`]; never without pings.
+    pub(super) async fn due(&mut self) {
+        if self.interval.is_none() {
+            return std::future::pending().await;
+        }
+        self.timer.as_mut().await;
+    }
+
+    /// Sends a ping, or closes the connection that did not answer the last.
+    pub(super) fn check(&mut self, peer: &Peer) -> Flow {
+        let Some(interval) = self.interval else {
+            return Flow::Continue;
+        };
+        let now = Instant::now();
+        if let Some((sent, written)) = self.ping.take() {
+            if self.heard_at < sent && self.meter.written() == written {
+                crate::metrics::closed("ping_timeout");
+                tracing::debug!(peer = peer.id(), "no pong in time; closing");
+                return Flow::Close(close::PING_TIMEOUT, "no pong in time".into());
+            }
+        }
+        let quiet_until = self.heard_at + interval;
+        if now < quiet_until {
+            self.timer.as_mut().reset(quiet_until);
+        } else {
+            peer.ping();
+            self.ping = Some((now, self.meter.written()));
+            self.timer.as_mut().reset(now + self.timeout);
+        }
+        Flow::Continue
+    }
+}
+
 /// Drains a connection's queue into the socket, flushing once per batch;
-/// stops after writing an [`Outbound::Close`] or when the socket fails.
+/// stops after writing an [`Outbound::Close`] or when the socket fails. A
+/// socket that takes no frame for `stall` is closed (4030, if the close
+/// frame still fits) and dropped, which also ends the connection's reader.
 pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: OutboundRx,
+    stall: Duration,
 ) {
     let mut batch = Vec::with_capacity(MAX_FRAMES_PER_FLUSH);
     while rx.recv_many(&mut batch, MAX_FRAMES_PER_FLUSH).await > 0 {
         for out in batch.drain(..) {
-            let result = match out {
+            let written = match out {
                 Outbound::Frame(frame) => {
-                    crate::metrics::sent(frame.len());
-                    sink.feed(Message::Binary(frame)).await
+                    let len = frame.len();
+                    let written =
+                        tokio::time::timeout(stall, sink.feed(Message::Binary(frame))).await;
+                    if matches!(written, Ok(Ok(()))) {
+                        crate::metrics::sent(len);
+                        rx.written(len);
+                    }
+                    written
+                }
+                Outbound::Ping => {
+                    tokio::time::timeout(stall, sink.feed(Message::Ping(Default::default()))).await
                 }
                 Outbound::Close(code, reason) => {
                     let frame = CloseFrame {
                         code,
                         reason: reason.into(),
                     };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let close = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, close).await;
                     return;
                 }
             };
-            if result.is_err() {
-                return;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return stalled(sink, stall).await,
             }
         }
-        if sink.flush().await.is_err() {
-            return;
+        match tokio::time::timeout(stall, sink.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return stalled(sink, stall).await,
         }
     }
     let _ = sink.close().await;
+}
+
+/// The socket took nothing for `stall`: try a close frame, then drop it.
+async fn stalled(mut sink: SplitSink<WebSocket, Message>, stall: Duration) {
+    crate::metrics::closed("stalled");
+    tracing::info!(stall_secs = stall.as_secs(), "socket stalled; closing");
+    let frame = CloseFrame {
+        code: close::STALLED,
+        reason: "stalled: the socket took nothing".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_FRAME_WAIT, sink.send(Message::Close(Some(frame)))).await;
 }

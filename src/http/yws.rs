@@ -14,7 +14,6 @@
 //! retries forever, whereas a 44xx close stops it and tells the app why.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
@@ -23,16 +22,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
+use axum::Extension;
 use futures_util::stream::StreamExt;
-use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument as _;
 
-use super::ws::{configure, is_capacity, write_loop};
-use super::{ApiError, AppState};
+use super::ws::{configure, is_capacity, session_limits, write_loop, Liveness};
+use super::{ApiError, AppState, ConnectionPermit};
 use crate::auth::{Action, AuthError, Principal};
 use crate::doc::{DocId, Outbound, Peer, Wire};
-use crate::session::{Flow, SessionLimits};
+use crate::session::Flow;
 use crate::ysession::{close, YSession};
 
 /// How often every connection gets a keepalive: half the provider's 30 s
@@ -46,6 +45,7 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     headers: HeaderMap,
     uri: Uri,
+    permit: Option<Extension<ConnectionPermit>>,
 ) -> Result<Response, ApiError> {
     let Path(doc) =
         doc.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.body_text()))?;
@@ -67,6 +67,8 @@ pub async fn upgrade(
             let tracker = app.connections.clone();
             tracker.track_future(
                 async move {
+                    // Held for as long as the socket is open.
+                    let _permit = permit;
                     match access {
                         Ok(principal) => run(socket, app, doc, id, principal).await,
                         Err((code, reason)) => refuse(socket, code, reason).await,
@@ -92,17 +94,19 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: String) {
 }
 
 async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: Principal) {
+    let limits = app.config.limits;
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(app.config.outbound_queue_frames.max(1));
-    let peer = Arc::new(Peer::new(id, Wire::YSync, tx));
-    let writer = tokio::spawn(write_loop(sink, rx));
-    let limits = SessionLimits {
-        max_message_bytes: app.config.max_message_bytes,
-        max_docs_per_connection: 1,
-        max_unacked_updates: app.config.max_unacked_updates,
-    };
-    let mut session = YSession::new(peer.clone(), app.registry.clone(), doc.clone(), limits)
-        .with_access(principal.sub(), principal.can(Action::Write, &doc));
+    let (peer, rx) = Peer::channel(id, Wire::YSync, limits.outbound_queue_bytes);
+    let mut writer = tokio::spawn(write_loop(sink, rx, limits.stall_timeout()));
+    let mut session = YSession::new(
+        peer.clone(),
+        app.registry.clone(),
+        doc.clone(),
+        session_limits(&app.config, 1),
+    )
+    .with_access(principal.sub(), principal.can(Action::Write, &doc));
+    let mut liveness = Liveness::new(&limits, peer.meter().clone());
+    let mut writer_done = false;
     // No Reauth exists in y-protocols: at expiry the socket closes (4440).
     let expiry = principal
         .remaining()
@@ -115,33 +119,48 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::debug!("y-websocket connection open");
     let flow = loop {
+        let rate_resync_at = session
+            .rate_resync_at()
+            .unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_EVERY);
         let flow = tokio::select! {
             biased;
             () = app.shutdown.cancelled() => {
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
             () = &mut expiry => Flow::Close(close::TOKEN_EXPIRED, "token expired".into()),
+            // The writer gave up on the socket (it stalled, or failed).
+            _ = &mut writer => {
+                writer_done = true;
+                break None;
+            }
             outcome = session.next_write(), if session.has_pending_writes() => {
                 session.on_write(outcome)
             }
-            () = peer.lagged() => session.on_lagged(),
+            () = peer.notified() => session.on_peer_notice(),
+            () = peer.drained(), if session.has_pending_resync() => session.on_drained(),
+            () = tokio::time::sleep_until(rate_resync_at),
+                if session.rate_resync_at().is_some() => session.on_rate_resync().await,
             _ = keepalive.tick() => {
                 session.on_keepalive();
                 Flow::Continue
             }
-            msg = stream.next(), if session.can_read() => match msg {
-                Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
-                Some(Ok(Message::Text(_))) => {
-                    Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "read error");
-                    if is_capacity(&e) {
-                        Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
-                    } else {
-                        break None;
+            () = liveness.due() => liveness.check(&peer),
+            msg = stream.next(), if session.can_read() => {
+                liveness.heard();
+                match msg {
+                    Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
+                    Some(Ok(Message::Text(_))) => {
+                        Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read error");
+                        if is_capacity(&e) {
+                            Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                        } else {
+                            break None;
+                        }
                     }
                 }
             },
@@ -159,7 +178,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
         drop(session);
         drop(peer);
         let _ = writer.await;
-    } else {
+    } else if !writer_done {
         // The client went away: nothing more can be written.
         writer.abort();
     }

@@ -39,5 +39,26 @@ pub fn error_frame(doc: &str, code: ErrorCode, message: impl Into<String>, seq: 
         code: code as i32,
         message: message.into(),
         seq,
+        ..v1::Error::default()
+    }))
+}
+
+/// Builds the frame for a `RATE_LIMITED` [`v1::Error`]: the refused message
+/// (an update's `seq`, or 0) may be sent again after `retry_after`.
+pub fn rate_limited_frame(
+    doc: &str,
+    message: impl Into<String>,
+    seq: u64,
+    retry_after: std::time::Duration,
+) -> Bytes {
+    encode(server_message::Kind::Error(v1::Error {
+        doc: doc.to_owned(),
+        code: ErrorCode::RateLimited as i32,
+        message: message.into(),
+        seq,
+        // At least 1 ms, so that 0 keeps meaning "not rate limited".
+        retry_after_ms: u64::try_from(retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1),
     }))
 }

@@ -10,6 +10,7 @@ mod fuzz;
 mod history;
 mod http2;
 mod http_api;
+mod limits;
 mod metrics;
 mod sse;
 mod support;

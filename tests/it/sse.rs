@@ -324,7 +324,8 @@ async fn one_stream_carries_the_named_documents() {
 async fn text_stream_deltas_reproduce_the_typed_trace() {
     let trace = Trace::load(shared_trace("sequential/sveltecomponent.json.gz")).expect("trace");
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    // The trace is typed as fast as acks allow: past the default rate limit.
+    let server = TestServer::start_with(dir.path(), |c| c.limits.updates_per_sec = 0).await;
     let mut typist = Editor::join(&server.ws_url(), "svelte", "typist")
         .await
         .expect("join");
@@ -377,7 +378,12 @@ async fn text_stream_deltas_reproduce_the_typed_trace() {
 #[tokio::test]
 async fn a_thousand_watchers_all_receive_an_edit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start_with(dir.path(), |c| c.activity_window_ms = 20).await;
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.activity_window_ms = 20;
+        // A thousand streams from one address: past the default per-IP cap.
+        c.limits.max_connections_per_ip = 0;
+    })
+    .await;
     let mut e = Editor::join(&server.ws_url(), "crowd", "editor")
         .await
         .expect("join");
@@ -420,7 +426,8 @@ async fn a_thousand_watchers_all_receive_an_edit() {
 async fn a_watcher_that_stops_reading_gets_a_reset_not_a_backlog() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    // The editor floods presence: past the default awareness rate.
+    let server = TestServer::start_with(dir.path(), |c| c.limits.awareness_per_sec = 0).await;
     let mut e = Editor::join(&server.ws_url(), "flood", "e")
         .await
         .expect("join");

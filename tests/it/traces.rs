@@ -31,6 +31,8 @@ async fn seph_blog1_typed_through_the_server_ends_at_its_end_content_with_exact_
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start_with(dir.path(), |c| {
         c.snapshot_every_updates = VERSION_EVERY;
+        // Typed as fast as acks allow: past the default rate limit.
+        c.limits.updates_per_sec = 0;
     })
     .await;
     let mut typist = Editor::join(&server.ws_url(), "seph-blog1", "seph")
@@ -176,7 +178,8 @@ async fn friendsforever_replayed_as_two_clients_converges() {
     let trace = Trace::load(shared_trace("concurrent/friendsforever.json.gz")).expect("trace");
     assert_eq!(trace.num_agents, 2);
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(dir.path()).await;
+    // Replayed as fast as the agents can: past the default rate limit.
+    let server = TestServer::start_with(dir.path(), |c| c.limits.updates_per_sec = 0).await;
     let url = server.ws_url();
     let mut agents = Vec::new();
     // The recording breaks ties between concurrent inserts at one position

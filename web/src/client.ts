@@ -74,6 +74,8 @@ export class FolioError extends Error {
   readonly doc: string
   /** The `seq` of the refused update, or `0n`. */
   readonly seq: bigint
+  /** For `RATE_LIMITED`: milliseconds before sending again; otherwise `0n`. */
+  readonly retryAfterMs: bigint
 
   constructor (wire: WireError) {
     super(`${ErrorCode[wire.code] ?? wire.code}: ${wire.message}`)
@@ -81,6 +83,7 @@ export class FolioError extends Error {
     this.code = wire.code
     this.doc = wire.doc
     this.seq = wire.seq
+    this.retryAfterMs = wire.retryAfterMs
   }
 }
 

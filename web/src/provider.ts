@@ -229,6 +229,14 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
       case 'update':
         if (this.#subscription === 'live') Y.applyUpdate(this.doc, message.value.update, this)
         return
+      case 'resynced':
+        // This connection fell behind the document: the server dropped the
+        // updates it could not queue and sends what they held in one.
+        if (this.#subscription === 'live') {
+          Y.applyUpdate(this.doc, message.value.update, this)
+          if (message.value.awareness.length > 0) applyAwarenessUpdate(this.awareness, message.value.awareness, this)
+        }
+        return
       case 'awareness':
         if (this.#subscription === 'live') applyAwarenessUpdate(this.awareness, message.value.update, this)
         return
@@ -317,8 +325,17 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
           this.#subscribe()
         }
         break
+      case ErrorCode.RATE_LIMITED:
+        // Dropped, not applied: send it again (merged with whatever came
+        // after it) once the server's bucket has refilled.
+        if (update !== undefined) {
+          this.#pending.unshift(update)
+          this.#retryLater(() => this.#flush(), Number(error.retryAfterMs))
+        }
+        break
       case ErrorCode.STORAGE_FAILURE:
       case ErrorCode.SHUTTING_DOWN:
+      case ErrorCode.SERVER_BUSY:
       case ErrorCode.INTERNAL:
         if (update !== undefined) {
           // Applied or not, resending is safe (updates are idempotent).
@@ -336,12 +353,12 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
     this.emit('error', [error])
   }
 
-  #retryLater (action: () => void): void {
+  #retryLater (action: () => void, delayMs = this.#retryDelayMs): void {
     if (this.#retryTimer !== null) return
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = null
       action()
-    }, this.#retryDelayMs)
+    }, Math.max(delayMs, 1))
   }
 
   #clearRetry (): void {

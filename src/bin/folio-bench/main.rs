@@ -14,11 +14,14 @@
 //! so its CPU time and RSS are its own. Scenarios (letters as in issue 6):
 //! a. hot-document fan-out, b. maximum fan-out throughput (full profile),
 //! c. many documents, d. idle density, e. join storm, f. cold load (the
-//! spawned server evicts after 1 s idle), g. durability cost.
+//! spawned server evicts after 1 s idle), g. durability cost; and h.
+//! connections held (issue 5: thousands of subscribed, reading connections
+//! under the default limits: server RSS, the connection cap's 503, every
+//! update delivered).
 //!
 //! Layout: this file parses the arguments and runs the scenarios in turn;
 //! `fanout.rs` (a, b, c), `idle.rs` (d), `join.rs` (e), `cold.rs` (f) and
-//! `durability.rs` (g)
+//! `durability.rs` (g), `hold.rs` (h)
 //! each measure one scenario and add its rows; `baseline.rs` measures the
 //! limits, `process.rs` spawns and watches servers, `wire.rs` speaks the
 //! protocol, `report.rs` writes the results.
@@ -58,6 +61,7 @@ mod baseline;
 mod cold;
 mod durability;
 mod fanout;
+mod hold;
 mod idle;
 mod join;
 mod process;
@@ -89,6 +93,9 @@ enum Internal {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: SocketAddr,
     },
+    /// Hold Folio connections open, subscribed and reading, until the
+    /// server closes them (for stalled-consumer tests and load runs).
+    Hold(hold::HoldArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -137,6 +144,9 @@ struct RunArgs {
     /// Scenarios to run (letters of issue 6); default: all of the profile's.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<char>>,
+    /// Connections held in scenario h (default: the profile's; 5,000 in full).
+    #[arg(long)]
+    held_conns: Option<usize>,
     /// Directory for the results (default: target/bench-results).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -154,6 +164,9 @@ struct Sizes {
     /// Configurations of scenario c, each on its own server.
     many_docs: Vec<ManyDocs>,
     idle_conns: usize,
+    /// Connections held in scenario h, over how many documents.
+    held_conns: usize,
+    held_docs: usize,
     joiners: usize,
     /// Documents evicted and reloaded in scenario f.
     cold_docs: usize,
@@ -188,6 +201,8 @@ impl Sizes {
                     rate: 10.0,
                 }],
                 idle_conns: 1000,
+                held_conns: 500,
+                held_docs: 10,
                 joiners: 500,
                 cold_docs: 10,
                 typing_txns: 20_000,
@@ -214,6 +229,8 @@ impl Sizes {
                     },
                 ],
                 idle_conns: 10_000,
+                held_conns: 5_000,
+                held_docs: 50,
                 joiners: 500,
                 cold_docs: 100,
                 typing_txns: 0,
@@ -228,6 +245,7 @@ fn main() -> ExitCode {
     let result = match cli.internal {
         Some(Internal::Serve(config)) => serve(config),
         Some(Internal::Echo { addr }) => echo(addr),
+        Some(Internal::Hold(args)) => hold::hold(args),
         None => run(cli.run),
     };
     match result {
@@ -237,6 +255,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the open-file soft limit to the hard limit: thousands of
+/// connections need as many descriptors, here and in the spawned server
+/// (which inherits it; it raises its own too). Beyond the hard limit, raise
+/// `ulimit -Hn` first.
+fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -420,6 +446,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .as_ref()
             .map_or_else(|| c != 'b' || ramp, |list| list.contains(&c))
     };
+    raise_fd_limit();
     let started = Instant::now();
     eprintln!(
         "folio-bench: profile {:?}, protocol {:?}, seed {}, trace {}",
@@ -443,6 +470,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ('e', "runs over the Folio protocol only"),
             ('f', "runs over the Folio protocol only"),
             ('g', "not measurable over y-websocket (no acks)"),
+            ('h', "runs over the Folio protocol only"),
         ] {
             if wanted(c) {
                 let line = format!("{c}: skipped with --protocol yjs, {why}");
@@ -462,6 +490,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if wanted('g') {
             durability::run(&mut bench)?;
+        }
+        if wanted('h') {
+            hold::run(&mut bench, args.held_conns)?;
         }
     }
 

@@ -137,6 +137,26 @@ pub struct Servers {
     pub next_dir: u64,
 }
 
+/// Spawned servers run with every limit off (rates, caps, the resident
+/// bound, the document size) and no pings: the tool measures raw rates and
+/// sizes, and idle clients that read nothing would be pinged and closed.
+const LIMITS_OFF: &[&str] = &[
+    "--updates-per-sec",
+    "0",
+    "--awareness-per-sec",
+    "0",
+    "--max-connections",
+    "0",
+    "--max-connections-per-ip",
+    "0",
+    "--max-resident-docs",
+    "0",
+    "--max-doc-bytes",
+    "0",
+    "--ping-interval-secs",
+    "0",
+];
+
 impl Servers {
     /// The `--url`/`--server-*` settings; checks `--url` is on loopback.
     pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
@@ -163,13 +183,19 @@ impl Servers {
     /// The external server, or a fresh child on a new temp dir that evicts
     /// nothing mid-measurement.
     pub fn get(&mut self) -> anyhow::Result<Target> {
-        self.get_evicting(3600)
+        self.get_with(3600, LIMITS_OFF)
     }
 
     /// Like [`Servers::get`], but a spawned server evicts documents after
     /// `evict_idle_secs` without subscribers (scenario f). An external
     /// server keeps its own setting.
     pub fn get_evicting(&mut self, evict_idle_secs: u64) -> anyhow::Result<Target> {
+        self.get_with(evict_idle_secs, LIMITS_OFF)
+    }
+
+    /// Like [`Servers::get_evicting`], with `extra` arguments for a spawned
+    /// server (scenario h keeps the default limits, bar the connection cap).
+    pub fn get_with(&mut self, evict_idle_secs: u64, extra: &[&str]) -> anyhow::Result<Target> {
         if let Some(url) = &self.url {
             return Ok(Target {
                 ws_url: url.clone(),
@@ -193,7 +219,10 @@ impl Servers {
             dir.display().to_string(),
             "--evict-idle-secs".to_owned(),
             evict_idle_secs.to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>();
         let spawned = Spawned::start(
             &self.program,
             &args,

@@ -22,6 +22,8 @@
 //   6. client -> Reauth{token}             server -> Reauthed{expires_at_ms}
 // With access control on (the server has an auth secret), tokens travel in
 // Hello, Subscribe or Reauth; see docs/protocol.md#access-control.
+// A connection that falls behind a document gets Resynced{doc, update} in
+// place of the updates it missed (see docs/protocol.md#flow-control-and-limits).
 // Any refusal is an Error naming the doc (if any) and, for updates, the seq.
 // See docs/protocol.md for the full contract.
 
@@ -37,7 +39,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file folio/v1/folio.proto.
  */
 export const file_folio_v1_folio: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb2xpby92MS9mb2xpby5wcm90bxIIZm9saW8udjEiowIKDUNsaWVudE1lc3NhZ2USIAoFaGVsbG8YASABKAsyDy5mb2xpby52MS5IZWxsb0gAEigKCXN1YnNjcmliZRgCIAEoCzITLmZvbGlvLnYxLlN1YnNjcmliZUgAEiwKC3Vuc3Vic2NyaWJlGAMgASgLMhUuZm9saW8udjEuVW5zdWJzY3JpYmVIABIiCgZ1cGRhdGUYBCABKAsyEC5mb2xpby52MS5VcGRhdGVIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwaW5nGAYgASgLMg4uZm9saW8udjEuUGluZ0gAEiIKBnJlYXV0aBgHIAEoCzIQLmZvbGlvLnYxLlJlYXV0aEgAQgYKBGtpbmQi5wIKDVNlcnZlck1lc3NhZ2USJAoHd2VsY29tZRgBIAEoCzIRLmZvbGlvLnYxLldlbGNvbWVIABIiCgZzeW5jZWQYAiABKAsyEC5mb2xpby52MS5TeW5jZWRIABIiCgZ1cGRhdGUYAyABKAsyEC5mb2xpby52MS5VcGRhdGVIABIcCgNhY2sYBCABKAsyDS5mb2xpby52MS5BY2tIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwb25nGAYgASgLMg4uZm9saW8udjEuUG9uZ0gAEiAKBWVycm9yGAcgASgLMg8uZm9saW8udjEuRXJyb3JIABIuCgx1bnN1YnNjcmliZWQYCCABKAsyFi5mb2xpby52MS5VbnN1YnNjcmliZWRIABImCghyZWF1dGhlZBgJIAEoCzISLmZvbGlvLnYxLlJlYXV0aGVkSABCBgoEa2luZCJFCgVIZWxsbxIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhMKC2NsaWVudF9uYW1lGAIgASgJEg0KBXRva2VuGAMgASgJIlwKB1dlbGNvbWUSGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRIVCg1jb25uZWN0aW9uX2lkGAIgASgEEiAKBmxpbWl0cxgDIAEoCzIQLmZvbGlvLnYxLkxpbWl0cyJhCgZMaW1pdHMSGQoRbWF4X21lc3NhZ2VfYnl0ZXMYASABKA0SHwoXbWF4X2RvY3NfcGVyX2Nvbm5lY3Rpb24YAiABKA0SGwoTbWF4X3VuYWNrZWRfdXBkYXRlcxgDIAEoDSI9CglTdWJzY3JpYmUSCwoDZG9jGAEgASgJEhQKDHN0YXRlX3ZlY3RvchgCIAEoDBINCgV0b2tlbhgDIAEoCSJOCgZTeW5jZWQSCwoDZG9jGAEgASgJEg4KBnVwZGF0ZRgCIAEoDBIUCgxzdGF0ZV92ZWN0b3IYAyABKAwSEQoJYXdhcmVuZXNzGAQgASgMIhoKC1Vuc3Vic2NyaWJlEgsKA2RvYxgBIAEoCSIbCgxVbnN1YnNjcmliZWQSCwoDZG9jGAEgASgJIjIKBlVwZGF0ZRILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMEgsKA3NlcRgDIAEoBCIwCgNBY2sSCwoDZG9jGAEgASgJEgsKA3NlcRgCIAEoBBIPCgdkb2Nfc2VxGAMgASgEIigKCUF3YXJlbmVzcxILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMIhcKBlJlYXV0aBINCgV0b2tlbhgBIAEoCSIhCghSZWF1dGhlZBIVCg1leHBpcmVzX2F0X21zGAEgASgEIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiFQoEUG9uZxINCgVub25jZRgBIAEoBCJVCgVFcnJvchILCgNkb2MYASABKAkSIQoEY29kZRgCIAEoDjITLmZvbGlvLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAMgASgJEgsKA3NlcRgEIAEoBCpMCg9Qcm90b2NvbFZlcnNpb24SIAocUFJPVE9DT0xfVkVSU0lPTl9VTlNQRUNJRklFRBAAEhcKE1BST1RPQ09MX1ZFUlNJT05fVjEQASquBQoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIgChxFUlJPUl9DT0RFX01BTEZPUk1FRF9NRVNTQUdFEAESHgoaRVJST1JfQ09ERV9VTktOT1dOX01FU1NBR0UQAhIdChlFUlJPUl9DT0RFX0hFTExPX1JFUVVJUkVEEAMSIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEAQSHQoZRVJST1JfQ09ERV9JTlZBTElEX0RPQ19JRBAFEh0KGUVSUk9SX0NPREVfTk9UX1NVQlNDUklCRUQQBhIhCh1FUlJPUl9DT0RFX0FMUkVBRFlfU1VCU0NSSUJFRBAHEh0KGUVSUk9SX0NPREVfSU5WQUxJRF9VUERBVEUQCBIgChxFUlJPUl9DT0RFX0lOVkFMSURfQVdBUkVORVNTEAkSHAoYRVJST1JfQ09ERV9UT09fTUFOWV9ET0NTEAoSIwofRVJST1JfQ09ERV9JTlZBTElEX1NUQVRFX1ZFQ1RPUhALEh4KGkVSUk9SX0NPREVfU1RPUkFHRV9GQUlMVVJFEAwSHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEA0SGwoXRVJST1JfQ09ERV9ET0NfUkVMT0FERUQQDhIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQDxIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEBASGgoWRVJST1JfQ09ERV9ET0NfREVMRVRFRBAREhsKF0VSUk9SX0NPREVfVU5BVVRIT1JJWkVEEBISGAoURVJST1JfQ09ERV9GT1JCSURERU4QExIYChRFUlJPUl9DT0RFX1JFQURfT05MWRAUEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAVYgZwcm90bzM");
+  fileDesc("ChRmb2xpby92MS9mb2xpby5wcm90bxIIZm9saW8udjEiowIKDUNsaWVudE1lc3NhZ2USIAoFaGVsbG8YASABKAsyDy5mb2xpby52MS5IZWxsb0gAEigKCXN1YnNjcmliZRgCIAEoCzITLmZvbGlvLnYxLlN1YnNjcmliZUgAEiwKC3Vuc3Vic2NyaWJlGAMgASgLMhUuZm9saW8udjEuVW5zdWJzY3JpYmVIABIiCgZ1cGRhdGUYBCABKAsyEC5mb2xpby52MS5VcGRhdGVIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwaW5nGAYgASgLMg4uZm9saW8udjEuUGluZ0gAEiIKBnJlYXV0aBgHIAEoCzIQLmZvbGlvLnYxLlJlYXV0aEgAQgYKBGtpbmQijwMKDVNlcnZlck1lc3NhZ2USJAoHd2VsY29tZRgBIAEoCzIRLmZvbGlvLnYxLldlbGNvbWVIABIiCgZzeW5jZWQYAiABKAsyEC5mb2xpby52MS5TeW5jZWRIABIiCgZ1cGRhdGUYAyABKAsyEC5mb2xpby52MS5VcGRhdGVIABIcCgNhY2sYBCABKAsyDS5mb2xpby52MS5BY2tIABIoCglhd2FyZW5lc3MYBSABKAsyEy5mb2xpby52MS5Bd2FyZW5lc3NIABIeCgRwb25nGAYgASgLMg4uZm9saW8udjEuUG9uZ0gAEiAKBWVycm9yGAcgASgLMg8uZm9saW8udjEuRXJyb3JIABIuCgx1bnN1YnNjcmliZWQYCCABKAsyFi5mb2xpby52MS5VbnN1YnNjcmliZWRIABImCghyZWF1dGhlZBgJIAEoCzISLmZvbGlvLnYxLlJlYXV0aGVkSAASJgoIcmVzeW5jZWQYHiABKAsyEi5mb2xpby52MS5SZXN5bmNlZEgAQgYKBGtpbmQiRQoFSGVsbG8SGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRITCgtjbGllbnRfbmFtZRgCIAEoCRINCgV0b2tlbhgDIAEoCSJcCgdXZWxjb21lEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SFQoNY29ubmVjdGlvbl9pZBgCIAEoBBIgCgZsaW1pdHMYAyABKAsyEC5mb2xpby52MS5MaW1pdHMi2wEKBkxpbWl0cxIZChFtYXhfbWVzc2FnZV9ieXRlcxgBIAEoDRIfChdtYXhfZG9jc19wZXJfY29ubmVjdGlvbhgCIAEoDRIbChNtYXhfdW5hY2tlZF91cGRhdGVzGAMgASgNEhUKDW1heF9kb2NfYnl0ZXMYHiABKAQSFwoPdXBkYXRlc19wZXJfc2VjGB8gASgNEhQKDHVwZGF0ZV9idXJzdBggIAEoDRIZChFhd2FyZW5lc3NfcGVyX3NlYxghIAEoDRIXCg9hd2FyZW5lc3NfYnVyc3QYIiABKA0iPQoJU3Vic2NyaWJlEgsKA2RvYxgBIAEoCRIUCgxzdGF0ZV92ZWN0b3IYAiABKAwSDQoFdG9rZW4YAyABKAkiTgoGU3luY2VkEgsKA2RvYxgBIAEoCRIOCgZ1cGRhdGUYAiABKAwSFAoMc3RhdGVfdmVjdG9yGAMgASgMEhEKCWF3YXJlbmVzcxgEIAEoDCIaCgtVbnN1YnNjcmliZRILCgNkb2MYASABKAkiGwoMVW5zdWJzY3JpYmVkEgsKA2RvYxgBIAEoCSIyCgZVcGRhdGUSCwoDZG9jGAEgASgJEg4KBnVwZGF0ZRgCIAEoDBILCgNzZXEYAyABKAQiMAoDQWNrEgsKA2RvYxgBIAEoCRILCgNzZXEYAiABKAQSDwoHZG9jX3NlcRgDIAEoBCIoCglBd2FyZW5lc3MSCwoDZG9jGAEgASgJEg4KBnVwZGF0ZRgCIAEoDCIXCgZSZWF1dGgSDQoFdG9rZW4YASABKAkiIQoIUmVhdXRoZWQSFQoNZXhwaXJlc19hdF9tcxgBIAEoBCJHCghSZXN5bmNlZBILCgNkb2MYASABKAkSDgoGdXBkYXRlGAIgASgMEhEKCWF3YXJlbmVzcxgDIAEoDBILCgNzZXEYBCABKAQiFQoEUGluZxINCgVub25jZRgBIAEoBCIVCgRQb25nEg0KBW5vbmNlGAEgASgEIm0KBUVycm9yEgsKA2RvYxgBIAEoCRIhCgRjb2RlGAIgASgOMhMuZm9saW8udjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAyABKAkSCwoDc2VxGAQgASgEEhYKDnJldHJ5X2FmdGVyX21zGB4gASgEKkwKD1Byb3RvY29sVmVyc2lvbhIgChxQUk9UT0NPTF9WRVJTSU9OX1VOU1BFQ0lGSUVEEAASFwoTUFJPVE9DT0xfVkVSU0lPTl9WMRABKoUGCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEiAKHEVSUk9SX0NPREVfTUFMRk9STUVEX01FU1NBR0UQARIeChpFUlJPUl9DT0RFX1VOS05PV05fTUVTU0FHRRACEh0KGUVSUk9SX0NPREVfSEVMTE9fUkVRVUlSRUQQAxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QBBIdChlFUlJPUl9DT0RFX0lOVkFMSURfRE9DX0lEEAUSHQoZRVJST1JfQ09ERV9OT1RfU1VCU0NSSUJFRBAGEiEKHUVSUk9SX0NPREVfQUxSRUFEWV9TVUJTQ1JJQkVEEAcSHQoZRVJST1JfQ09ERV9JTlZBTElEX1VQREFURRAIEiAKHEVSUk9SX0NPREVfSU5WQUxJRF9BV0FSRU5FU1MQCRIcChhFUlJPUl9DT0RFX1RPT19NQU5ZX0RPQ1MQChIjCh9FUlJPUl9DT0RFX0lOVkFMSURfU1RBVEVfVkVDVE9SEAsSHgoaRVJST1JfQ09ERV9TVE9SQUdFX0ZBSUxVUkUQDBIcChhFUlJPUl9DT0RFX1NIVVRUSU5HX0RPV04QDRIbChdFUlJPUl9DT0RFX0RPQ19SRUxPQURFRBAOEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhAPEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQEBIaChZFUlJPUl9DT0RFX0RPQ19ERUxFVEVEEBESGwoXRVJST1JfQ09ERV9VTkFVVEhPUklaRUQQEhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThATEhgKFEVSUk9SX0NPREVfUkVBRF9PTkxZEBQSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEBUSHAoYRVJST1JfQ09ERV9ET0NfVE9PX0xBUkdFEB4SGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQHxIaChZFUlJPUl9DT0RFX1NFUlZFUl9CVVNZECBiBnByb3RvMw");
 
 /**
  * Everything a client sends. Exactly one field of `kind` is set; a message
@@ -165,6 +167,14 @@ export type ServerMessage = Message<"folio.v1.ServerMessage"> & {
      */
     value: Reauthed;
     case: "reauthed";
+  } | {
+    /**
+     * Field numbers from 30 up are the limits' additions (issue 5).
+     *
+     * @generated from field: folio.v1.Resynced resynced = 30;
+     */
+    value: Resynced;
+    case: "resynced";
   } | { case: undefined; value?: undefined };
 };
 
@@ -275,6 +285,40 @@ export type Limits = Message<"folio.v1.Limits"> & {
    * @generated from field: uint32 max_unacked_updates = 3;
    */
   maxUnackedUpdates: number;
+
+  /**
+   * Largest encoded size of a document's state, in bytes: an Update that
+   * would pass it is refused with ERROR_CODE_DOC_TOO_LARGE. 0: no limit.
+   *
+   * @generated from field: uint64 max_doc_bytes = 30;
+   */
+  maxDocBytes: bigint;
+
+  /**
+   * Updates per second this connection may send on average (a token bucket
+   * refilled at this rate), and how many it may send in a burst. Beyond:
+   * ERROR_CODE_RATE_LIMITED. 0: no limit.
+   *
+   * @generated from field: uint32 updates_per_sec = 31;
+   */
+  updatesPerSec: number;
+
+  /**
+   * @generated from field: uint32 update_burst = 32;
+   */
+  updateBurst: number;
+
+  /**
+   * The same for Awareness messages.
+   *
+   * @generated from field: uint32 awareness_per_sec = 33;
+   */
+  awarenessPerSec: number;
+
+  /**
+   * @generated from field: uint32 awareness_burst = 34;
+   */
+  awarenessBurst: number;
 };
 
 /**
@@ -538,6 +582,52 @@ export const ReauthedSchema: GenMessage<Reauthed> = /*@__PURE__*/
   messageDesc(file_folio_v1_folio, 13);
 
 /**
+ * Sent instead of the relayed Updates (and Awareness) of a document that
+ * this connection could not take in time: its outbound queue was full, so
+ * they were dropped, and once the queue drained the server sent this. Apply
+ * `update` like a relayed Update (it holds everything the client missed,
+ * and possibly some it has: applying those again changes nothing), and
+ * `awareness` like a relayed Awareness. The subscription never ended.
+ *
+ * @generated from message folio.v1.Resynced
+ */
+export type Resynced = Message<"folio.v1.Resynced"> & {
+  /**
+   * @generated from field: string doc = 1;
+   */
+  doc: string;
+
+  /**
+   * A Yjs v1 update: the document's changes the client may lack.
+   *
+   * @generated from field: bytes update = 2;
+   */
+  update: Uint8Array;
+
+  /**
+   * Every current presence of the document, plus removals of presences that
+   * left meanwhile (awareness encoding). Empty when there is none.
+   *
+   * @generated from field: bytes awareness = 3;
+   */
+  awareness: Uint8Array;
+
+  /**
+   * The document's sequence number the client is now up to date with.
+   *
+   * @generated from field: uint64 seq = 4;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message folio.v1.Resynced.
+ * Use `create(ResyncedSchema)` to create a new message.
+ */
+export const ResyncedSchema: GenMessage<Resynced> = /*@__PURE__*/
+  messageDesc(file_folio_v1_folio, 14);
+
+/**
  * Application-level liveness check. Answered by a Pong with the same nonce.
  *
  * @generated from message folio.v1.Ping
@@ -554,7 +644,7 @@ export type Ping = Message<"folio.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 14);
+  messageDesc(file_folio_v1_folio, 15);
 
 /**
  * @generated from message folio.v1.Pong
@@ -571,7 +661,7 @@ export type Pong = Message<"folio.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 15);
+  messageDesc(file_folio_v1_folio, 16);
 
 /**
  * A refusal. The refused message changed nothing.
@@ -604,6 +694,14 @@ export type Error = Message<"folio.v1.Error"> & {
    * @generated from field: uint64 seq = 4;
    */
   seq: bigint;
+
+  /**
+   * For ERROR_CODE_RATE_LIMITED: milliseconds until the connection may send
+   * again. Otherwise 0.
+   *
+   * @generated from field: uint64 retry_after_ms = 30;
+   */
+  retryAfterMs: bigint;
 };
 
 /**
@@ -611,7 +709,7 @@ export type Error = Message<"folio.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_folio_v1_folio, 16);
+  messageDesc(file_folio_v1_folio, 17);
 
 /**
  * The version this file describes. Hello.protocol_version must equal it.
@@ -800,6 +898,31 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_TOKEN_EXPIRED = 21;
    */
   TOKEN_EXPIRED = 21,
+
+  /**
+   * Codes from 30 up are the limits' additions (issue 5).
+   * The Update would make the document's encoded state larger than
+   * Limits.max_doc_bytes. Nothing was applied; the subscription stays.
+   *
+   * @generated from enum value: ERROR_CODE_DOC_TOO_LARGE = 30;
+   */
+  DOC_TOO_LARGE = 30,
+
+  /**
+   * The connection sent Updates or Awareness faster than its Limits allow.
+   * This message was dropped (nothing applied); retry after retry_after_ms.
+   *
+   * @generated from enum value: ERROR_CODE_RATE_LIMITED = 31;
+   */
+  RATE_LIMITED = 31,
+
+  /**
+   * The server holds as many documents in memory as it may and none of them
+   * is idle, so this Subscribe could not load its document. Retry later.
+   *
+   * @generated from enum value: ERROR_CODE_SERVER_BUSY = 32;
+   */
+  SERVER_BUSY = 32,
 }
 
 /**
