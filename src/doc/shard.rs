@@ -226,9 +226,6 @@ pub(crate) fn new_doc() -> Doc {
     })
 }
 
-/// Runs a decoder that may panic on hostile bytes (yrs asserts on some
-/// malformed input), turning a panic into an error. Shared with the
-/// y-websocket session, which parses y-protocols frames with yrs's readers.
 /// Decodes an update a client sent, refusing first what yrs would accept
 /// but mishandle (see [`update_check`]).
 fn decode_incoming(update: &[u8]) -> Result<Update, ShardError> {
@@ -236,6 +233,9 @@ fn decode_incoming(update: &[u8]) -> Result<Update, ShardError> {
     decode_guarded(|| Update::decode_v1(update)).map_err(ShardError::InvalidUpdate)
 }
 
+/// Runs a decoder that may panic on hostile bytes (yrs asserts on some
+/// malformed input), turning a panic into an error. Shared with the
+/// y-websocket session, which parses y-protocols frames with yrs's readers.
 pub(crate) fn decode_guarded<T, E: std::fmt::Display>(
     f: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, String> {
