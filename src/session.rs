@@ -563,8 +563,11 @@ impl Session {
         }
         // A shard can close between lookup and subscribe (idle eviction):
         // look it up again; bounded because a fresh shard is not idle.
+        // Only a writer brings a missing document into being; a read-only
+        // grant on one gets `DOC_NOT_FOUND`.
+        let create = grant.principal.can(Action::Write, &doc);
         for _ in 0..3 {
-            let shard = match self.registry.get(&doc, true).await {
+            let shard = match self.registry.get(&doc, create).await {
                 Ok(shard) => shard,
                 Err(e) => return self.registry_error(&doc, e).await,
             };
@@ -757,8 +760,8 @@ impl Session {
             RegistryError::Store(_) | RegistryError::Write(_) => ErrorCode::StorageFailure,
             RegistryError::Deleting(_) => ErrorCode::DocDeleted,
             RegistryError::Busy(_) => ErrorCode::ServerBusy,
-            RegistryError::NotFound(_)
-            | RegistryError::Join(_)
+            RegistryError::NotFound(_) => ErrorCode::DocNotFound,
+            RegistryError::Join(_)
             | RegistryError::AlreadyExists(_)
             | RegistryError::History(_) => ErrorCode::Internal,
         };

@@ -62,6 +62,9 @@ pub mod close {
     /// The document was deleted (`DELETE /docs/{id}`); reconnecting starts
     /// a new, empty document of that name.
     pub const DOC_DELETED: u16 = 4004;
+    /// The document does not exist and the token may only read it. Final,
+    /// like 4401: the provider stops instead of retrying.
+    pub const NOT_FOUND: u16 = 4404;
     pub use crate::session::close::{
         GOING_AWAY, INVALID_PAYLOAD, MESSAGE_TOO_BIG, UNSUPPORTED_DATA,
     };
@@ -415,7 +418,9 @@ impl YSession {
         // A shard can close between lookup and subscribe (idle eviction):
         // look it up again; bounded because a fresh shard is not idle.
         for _ in 0..3 {
-            let shard = match self.registry.get(&self.doc, true).await {
+            // Only a writer brings a missing document into being; a reader
+            // of one gets a not-found close.
+            let shard = match self.registry.get(&self.doc, self.can_write).await {
                 Ok(shard) => shard,
                 Err(e) => return self.registry_error(e),
             };
@@ -604,6 +609,10 @@ impl YSession {
             RegistryError::Busy(_) => close_with(
                 close::TRY_AGAIN_LATER,
                 "server busy: too many documents in use; try again later",
+            ),
+            RegistryError::NotFound(_) => close_with(
+                close::NOT_FOUND,
+                "no such document, and a read-only token cannot create it",
             ),
             _ => close_with(close::INTERNAL_ERROR, "could not open the document"),
         }

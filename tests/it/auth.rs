@@ -201,6 +201,43 @@ async fn read_token_receives_and_sends_presence_but_its_updates_change_nothing()
     server.stop().await;
 }
 
+/// Only a writer brings a document into being: a read token's `Subscribe`
+/// (or `/yjs` socket) for a missing document is refused and creates
+/// nothing; once a writer has created it, the same token subscribes.
+#[tokio::test]
+async fn a_read_token_cannot_create_a_document_by_subscribing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path()).await;
+    let url = server.ws_url();
+    let read = valid(&["ghost"], Role::Read, "rita");
+    let admin = valid(&["*"], Role::Admin, "root");
+
+    let mut conn = Connection::connect(&url, "rita").await.expect("hello");
+    subscribe(&mut conn, "ghost", &read).await;
+    let e = next_error(&mut conn).await;
+    assert_eq!(
+        (code(&e), e.doc.as_str()),
+        (ErrorCode::DocNotFound, "ghost")
+    );
+    let mut yreader = YConn::open(&server, "ghost", Some(&read)).await;
+    yreader.send(ysync::step1(&[0])).await;
+    assert_eq!(yreader.close_code().await, 4404);
+    let (status, _) = get(&server, "/docs/ghost/text", Some(&admin)).await;
+    assert_eq!(status, 404, "nothing was created");
+
+    let mut writer =
+        Editor::join_with_token(&url, "ghost", "w", &valid(&["ghost"], Role::Write, "w"))
+            .await
+            .expect("a writer creates it");
+    writer.type_patches(&[(0, 0, "boo")]).await.expect("type");
+    writer.wait_acked().await.expect("acked");
+    let reader = Editor::join_with_token(&url, "ghost", "rita", &read)
+        .await
+        .expect("now the reader subscribes");
+    assert_eq!(reader.text(), "boo");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_tokens_missing_invalid_expired_or_for_other_docs_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
