@@ -1,7 +1,30 @@
 /**
  * Helpers shared by the pages `folio serve` embeds: the document id in the
- * URL, REST URLs, names and colours, and applying text deltas.
+ * URL, the access token in `?token=` (sent with every request), REST URLs,
+ * refusals as sentences, names and colours, and applying text deltas.
  */
+
+/**
+ * The access token the page was opened with (`?token=`), or null. Every
+ * page passes it on: to the WebSocket (`Hello`), to REST calls
+ * (`Authorization: Bearer`), to EventSource URLs (`?token=`) and to the
+ * links to the other pages.
+ */
+export const pageToken: string | null = new URLSearchParams(location.search).get('token') || null
+
+/** `fetch` with the page's token, if any, as `Authorization: Bearer`. */
+export async function apiFetch (url: string, init: RequestInit = {}): Promise<Response> {
+  if (pageToken === null) return fetch(url, init)
+  const headers = new Headers(init.headers)
+  headers.set('authorization', `Bearer ${pageToken}`)
+  return fetch(url, { ...init, headers })
+}
+
+/** `url` with the page's token, if any, as `?token=` (EventSource cannot set headers; page links keep it). */
+export function withToken (url: string): string {
+  if (pageToken === null) return url
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(pageToken)}`
+}
 
 /** The document id after `prefix` in the page's path (`/d/team/notes` → `team/notes`). */
 export function docFromPath (prefix: string, fallback: string): string {
@@ -21,9 +44,9 @@ export function validDocId (id: string): boolean {
   return id.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..')
 }
 
-/** A page path for a document: `/d/`, `/watch/` or `/replay/` + the id, `/` kept. */
+/** A page path for a document: `/d/`, `/watch/` or `/replay/` + the id, `/` kept, and the page's `?token=`. */
 export function pagePath (page: 'd' | 'watch' | 'replay', doc: string): string {
-  return `/${page}/${doc.split('/').map(encodeURIComponent).join('/')}`
+  return withToken(`/${page}/${doc.split('/').map(encodeURIComponent).join('/')}`)
 }
 
 /** A REST URL of a document (one path segment, `/` encoded as `%2F`). */
@@ -105,12 +128,29 @@ export function personItem (name: string, color: string, note = ''): HTMLLIEleme
   return li
 }
 
-/** The `{"error": {"code", "message"}}` body of a failed request, as text. */
-export async function errorText (resp: Response): Promise<string> {
+/** The `{"error": {"code", "message"}}` body of a failed request. */
+async function errorBody (resp: Response): Promise<{ code: string, message: string }> {
   try {
     const body = await resp.json() as { error?: { code?: string, message?: string } }
-    return body.error?.message ?? `HTTP ${resp.status}`
+    return { code: body.error?.code ?? '', message: body.error?.message ?? `HTTP ${resp.status}` }
   } catch {
-    return `HTTP ${resp.status}`
+    return { code: '', message: `HTTP ${resp.status}` }
   }
+}
+
+/**
+ * A failed request as a sentence: access refusals (401, 403) explained in
+ * terms of the page's `?token=`, anything else by the server's message.
+ */
+export async function errorText (resp: Response): Promise<string> {
+  const { code, message } = await errorBody(resp)
+  if (code === 'token_expired') return 'The token has expired: open the page again with a fresh ?token='
+  if (resp.status === 401) {
+    return pageToken === null
+      ? 'This server needs an access token: open the page with ?token='
+      : 'The server did not accept the token in ?token='
+  }
+  // "the token does not cover document x", "this needs the admin role", "the token is read-only"
+  if (code === 'forbidden' || code === 'read_only') return `Not allowed: ${message}`
+  return message
 }

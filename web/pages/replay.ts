@@ -3,9 +3,11 @@
  * scrubs through every point of its history (`GET /docs/{id}/at?seq=`), a
  * play button that replays it as a time-lapse (`GET /docs/{id}/replay`,
  * Server-Sent Events), and a restore button (`POST /docs/{id}/restore`).
+ * Every request carries the page's `?token=` (restoring needs an admin
+ * token, saving a version a write token).
  */
 
-import { apiPath, applyDelta, byId, clock, docFromPath, el, errorText, linkPages } from './common.js'
+import { apiFetch, apiPath, applyDelta, byId, clock, docFromPath, el, errorText, linkPages, withToken } from './common.js'
 import type { DeltaOp } from './common.js'
 
 interface Version {
@@ -84,7 +86,7 @@ function renderVersions (): void {
 }
 
 async function loadVersions (): Promise<boolean> {
-  const resp = await fetch(apiPath(doc, '/versions'))
+  const resp = await apiFetch(apiPath(doc, '/versions'))
   if (!resp.ok) {
     say(resp.status === 404 ? 'No such document' : await errorText(resp), 'error')
     return false
@@ -101,7 +103,7 @@ async function loadVersions (): Promise<boolean> {
 async function show (seq: number): Promise<void> {
   const token = ++scrubToken
   renderPosition()
-  const resp = await fetch(apiPath(doc, `/at?seq=${seq}`))
+  const resp = await apiFetch(apiPath(doc, `/at?seq=${seq}`))
   if (token !== scrubToken) return // a later scrub won
   if (!resp.ok) {
     say(await errorText(resp), 'error')
@@ -149,7 +151,7 @@ playButton.addEventListener('click', () => {
   let from = Number(slider.value)
   if (from >= latestSeq) from = 0
   let text = ''
-  const source = new EventSource(apiPath(doc, `/replay?from=${from}&to=${latestSeq}&speed=${speed.value}`))
+  const source = new EventSource(withToken(apiPath(doc, `/replay?from=${from}&to=${latestSeq}&speed=${speed.value}`)))
   player = source
   playButton.textContent = 'Pause'
   playButton.setAttribute('aria-pressed', 'true')
@@ -192,7 +194,7 @@ restoreButton.addEventListener('click', async () => {
   if (v === undefined) return
   cancelScrub()
   restoreButton.disabled = true
-  const resp = await fetch(apiPath(doc, '/restore'), {
+  const resp = await apiFetch(apiPath(doc, '/restore'), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ version: v.id })
@@ -212,7 +214,7 @@ restoreButton.addEventListener('click', async () => {
 byId<HTMLFormElement>('label-form').addEventListener('submit', async (e) => {
   e.preventDefault()
   const input = byId<HTMLInputElement>('label-input')
-  const resp = await fetch(apiPath(doc, '/versions'), {
+  const resp = await apiFetch(apiPath(doc, '/versions'), {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ label: input.value })
@@ -227,7 +229,7 @@ byId<HTMLFormElement>('label-form').addEventListener('submit', async (e) => {
 })
 
 // New edits move the end of the slider (and keep it at the end if it was).
-const events = new EventSource(apiPath(doc, '/events'))
+const events = new EventSource(withToken(apiPath(doc, '/events')))
 events.addEventListener('activity', (ev) => {
   const { last_seq: last } = JSON.parse(ev.data as string) as { last_seq: number }
   if (last <= latestSeq) return

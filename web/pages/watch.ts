@@ -2,9 +2,13 @@
  * The watcher page `/watch/{doc}`: presence and an activity timeline from
  * `GET /docs/{id}/events`, and the text, read-only and live, from
  * `GET /docs/{id}/text/stream`. Server-Sent Events only, no WebSocket.
+ * The page's `?token=` goes to both streams (and to the request that
+ * explains a refusal).
  */
 
-import { apiPath, applyDelta, byId, clock, colorFor, docFromPath, el, linkPages, personItem } from './common.js'
+import {
+  apiFetch, apiPath, applyDelta, byId, clock, colorFor, docFromPath, el, errorText, linkPages, personItem, withToken
+} from './common.js'
 import type { DeltaOp } from './common.js'
 
 /** Timeline entries kept on the page; older ones are dropped. */
@@ -54,7 +58,7 @@ function addEntry (text: string, who?: string): void {
 const parse = (ev: MessageEvent): Record<string, unknown> => JSON.parse(ev.data as string) as Record<string, unknown>
 
 // --- presence and activity
-const events = new EventSource(apiPath(doc, '/events'))
+const events = new EventSource(withToken(apiPath(doc, '/events')))
 events.onopen = () => setState('Live', 'online')
 events.onerror = () => {
   if (events.readyState === EventSource.CLOSED) void explainClosed()
@@ -92,7 +96,7 @@ events.addEventListener('doc', (ev) => {
 
 // --- the text
 let text = ''
-const stream = new EventSource(apiPath(doc, '/text/stream'))
+const stream = new EventSource(withToken(apiPath(doc, '/text/stream')))
 function showText (): void {
   textView.textContent = text
   textLen.textContent = `${text.length} character${text.length === 1 ? '' : 's'}`
@@ -109,12 +113,15 @@ stream.onerror = () => {
   if (stream.readyState === EventSource.CLOSED) void explainClosed()
 }
 
-/** EventSource gives up on an HTTP error: say why. */
+/** EventSource gives up on an HTTP error (a refused token, say): say why. */
 async function explainClosed (): Promise<void> {
-  const resp = await fetch(apiPath(doc, '/text')).catch(() => null)
+  const resp = await apiFetch(apiPath(doc, '/text')).catch(() => null)
   if (resp?.status === 404) {
     setState('No such document', 'missing')
     textView.textContent = 'This document does not exist yet. Open it in the editor to create it.'
+  } else if (resp?.status === 401 || resp?.status === 403) {
+    setState('Refused', 'error')
+    textView.textContent = await errorText(resp)
   } else {
     setState('Disconnected', 'offline')
   }

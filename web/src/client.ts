@@ -5,7 +5,9 @@
  * connections, and reconnection with exponential backoff and jitter. The
  * documents themselves are handled by {@link FolioProvider}s, which the
  * client tells when the connection comes and goes and to which it routes
- * every message naming their document.
+ * every message naming their document. With access control it sends the
+ * access token in `Hello`, and, when the token comes from a function,
+ * refreshes it with `Reauth` before it expires.
  *
  * @module
  */
@@ -37,10 +39,26 @@ export interface WebSocketLike {
 /** A WebSocket constructor, e.g. `globalThis.WebSocket` or the `ws` package's. */
 export type WebSocketConstructor = new (url: string) => WebSocketLike
 
+/**
+ * An access token (an HS256 JWT minted by your backend or `folio token`), or
+ * a function that gets a fresh one (e.g. from your backend), called at every
+ * (re)connect and before the current token expires.
+ */
+export type TokenSource = string | (() => string | Promise<string>)
+
 /** Settings of a {@link FolioClient}; every field is optional. */
 export interface FolioClientOptions {
-  /** Recorded by the server as the author of this client's updates (at most 128 bytes). */
+  /** Recorded by the server as the author of this client's updates (at most 128 bytes); a token's `sub` replaces it. */
   name?: string
+  /**
+   * The access token sent in `Hello`, for a server with `--auth-secret`. A
+   * function is called at every (re)connect, and again shortly before the
+   * connection's token expires (30 s before, or halfway through its life if
+   * that is sooner) to send the new one in `Reauth`: an open connection
+   * then never reaches `TOKEN_EXPIRED`. A function that throws or rejects is
+   * retried with the reconnect backoff.
+   */
+  token?: TokenSource
   /** The WebSocket implementation; defaults to `globalThis.WebSocket` (pass `ws` on Node 20). */
   WebSocket?: WebSocketConstructor
   /** Connect at once (default `true`); otherwise call {@link FolioClient.connect}. */
@@ -57,8 +75,12 @@ export interface FolioClientOptions {
   watchBrowserNetwork?: boolean
 }
 
-/** Where the connection is. `closed` is final (after {@link FolioClient.destroy}). */
-export type ConnectionState = 'connecting' | 'online' | 'offline' | 'closed'
+/**
+ * Where the connection is. `refused`: the server refused the (string) token
+ * in `Hello`; the client does not retry until {@link FolioClient.reauth} or
+ * {@link FolioClient.connect}. `closed` is final (after {@link FolioClient.destroy}).
+ */
+export type ConnectionState = 'connecting' | 'online' | 'offline' | 'refused' | 'closed'
 
 /** What the server announced in `Welcome`. */
 export interface Session {
@@ -97,6 +119,10 @@ export interface FolioClientEvents {
   state: (state: ConnectionState) => void
   /** A refusal that is not about one document, or about one no provider follows. */
   error: (error: FolioError) => void
+  /** The server accepted a `Reauth`: the new token is the connection's (`expiresAtMs` 0 on an open server). */
+  reauthed: (info: { expiresAtMs: number }) => void
+  /** The token function threw or rejected; it is tried again with the reconnect backoff. */
+  tokenError: (error: unknown) => void
 }
 
 /** A server message about one document, as a provider receives it. */
@@ -116,12 +142,44 @@ export interface DocBinding {
   onMessage: (message: DocMessage) => void
   /** Acks freed room under `max_unacked_updates`: queued updates may go now. */
   onCapacity: () => void
+  /** The connection has a new token (`Reauthed`): rights may have changed. */
+  onReauthed?: () => void
 }
 
 type ClientInit = MessageInitShape<typeof ClientMessageSchema>
 
 const OPEN = 1
 const NORMAL_CLOSURE = 1000
+const POLICY_VIOLATION = 1008
+
+/** A token function's token is refreshed this long before it expires (or at half its life if sooner). */
+const REFRESH_BEFORE_MS = 30_000
+/** Never refresh more often than this, whatever the tokens' lifetimes. */
+const MIN_REFRESH_MS = 1_000
+/** setTimeout's largest delay; longer waits are taken in several steps. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** Codes that refuse a token (in `Hello` or `Reauth`, or at expiry). */
+function isTokenRefusal (code: ErrorCode): boolean {
+  return code === ErrorCode.UNAUTHORIZED || code === ErrorCode.FORBIDDEN || code === ErrorCode.TOKEN_EXPIRED
+}
+
+/**
+ * The `exp` claim of a JWT, in ms since the epoch, read without verifying
+ * the signature (only the server can, and does); null if `token` is not a
+ * JWT with a numeric `exp`.
+ */
+export function tokenExpiryMs (token: string): number | null {
+  const parts = token.split('.')
+  if (parts.length !== 3) return null
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/')
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - b64.length % 4) % 4))) as { exp?: unknown }
+    return typeof claims.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp * 1000 : null
+  } catch {
+    return null
+  }
+}
 
 /** Used until the server's `Welcome` says otherwise. */
 const DEFAULT_LIMITS: Session['limits'] = {
@@ -164,7 +222,7 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
   readonly url: string
   /** The name sent in `Hello`. */
   readonly name: string
-  #options: Required<Omit<FolioClientOptions, 'name' | 'WebSocket' | 'connect'>>
+  #options: Required<Omit<FolioClientOptions, 'name' | 'WebSocket' | 'connect' | 'token'>>
   #WebSocket: WebSocketConstructor
   #ws: WebSocketLike | null = null
   #state: ConnectionState = 'offline'
@@ -179,6 +237,19 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
   #nextSeq = 1n
   #unacked = 0
   #wanted = false
+  #tokenSource: TokenSource | undefined
+  /** The token last sent in `Hello` or `Reauth` on this connection. */
+  #token = ''
+  /** Waiting for the token function before opening a socket. */
+  #dialing = false
+  /** Bumped when a connection ends: results of token functions called for it are dropped. */
+  #generation = 0
+  /** The one timer that refreshes a token function's token. */
+  #refreshTimer: ReturnType<typeof setTimeout> | null = null
+  #refreshing = false
+  #refreshAttempt = 0
+  /** Why the server refused the token in `Hello` (state `refused`). */
+  #refused: FolioError | null = null
   #window = browserWindow()
   #onBrowserOnline = (): void => {
     if (this.#wanted && this.#state === 'offline') {
@@ -205,6 +276,7 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
       throw new TypeError('FolioClient: no WebSocket implementation; pass options.WebSocket (e.g. the `ws` package)')
     }
     this.#WebSocket = ctor
+    this.#tokenSource = options.token
     this.#options = {
       pingIntervalMs: options.pingIntervalMs ?? 25_000,
       pingTimeoutMs: options.pingTimeoutMs ?? 10_000,
@@ -239,16 +311,46 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
     return this.#session?.limits ?? DEFAULT_LIMITS
   }
 
+  /** Why the server refused the token in `Hello`, while the state is `refused`. */
+  get refused (): FolioError | null {
+    return this.#refused
+  }
+
   /** Starts connecting (and keeps reconnecting) if not already doing so. */
   connect (): void {
     if (this.#state === 'closed') throw new Error('FolioClient: destroyed')
     this.#wanted = true
-    if (this.#ws === null && this.#reconnectTimer === null) this.#open()
+    if (this.#refused !== null) {
+      this.#refused = null
+      this.#setState('offline')
+    }
+    if (this.#ws === null && this.#reconnectTimer === null && !this.#dialing) this.#open()
+  }
+
+  /**
+   * Gives the connection a new token: sends `Reauth` now if online (the
+   * server answers with the `reauthed` event, or an `error` and the
+   * connection keeps its rights), and, unless the `token` option is a
+   * function, sends it in the `Hello` of later connections too. After a
+   * `refused` Hello it reconnects with it. Every provider stopped by
+   * `TOKEN_EXPIRED`, `UNAUTHORIZED`, `FORBIDDEN`, `DOC_NOT_FOUND` or
+   * `READ_ONLY` tries once more after `Reauthed`.
+   *
+   * @returns whether `Reauth` was sent now.
+   */
+  reauth (token: string): boolean {
+    if (typeof this.#tokenSource !== 'function') this.#tokenSource = token
+    if (this.#state === 'refused') {
+      this.connect()
+      return false
+    }
+    return this.#sendReauth(token)
   }
 
   /** Closes the connection and stops reconnecting until {@link connect}. */
   disconnect (): void {
     this.#wanted = false
+    this.#refused = null
     this.#clearReconnect()
     this.#lost(NORMAL_CLOSURE, 'disconnect() called')
   }
@@ -333,13 +435,37 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
   }
 
   #open (): void {
-    if (!this.#wanted || this.#ws !== null) return
+    if (!this.#wanted || this.#ws !== null || this.#dialing) return
     if (this.#window?.navigator?.onLine === false && this.#options.watchBrowserNetwork) {
       // No point dialling while the browser says it has no network: its
       // `online` event brings us back at once.
       this.#setState('offline')
       return
     }
+    const source = this.#tokenSource
+    if (typeof source !== 'function') {
+      this.#dial(source ?? '')
+      return
+    }
+    this.#dialing = true
+    this.#setState('connecting')
+    const generation = this.#generation
+    fetchToken(source).then((token) => {
+      if (generation !== this.#generation) return // disconnected meanwhile
+      this.#dialing = false
+      this.#dial(token)
+    }, (e: unknown) => {
+      if (generation !== this.#generation) return
+      this.#dialing = false
+      this.#setState('offline')
+      this.emit('tokenError', [e])
+      this.emit('offline', [{ reason: `the token function failed: ${String(e)}` }])
+      this.#scheduleReconnect()
+    })
+  }
+
+  /** Opens the socket; `token` goes in `Hello`. */
+  #dial (token: string): void {
     let ws: WebSocketLike
     try {
       ws = new this.#WebSocket(this.url)
@@ -355,7 +481,8 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
     ws.onopen = () => {
       this.#nextSeq = 1n
       this.#unacked = 0
-      this.#write({ case: 'hello', value: { protocolVersion: ProtocolVersion.V1, clientName: this.name } })
+      this.#token = token
+      this.#write({ case: 'hello', value: { protocolVersion: ProtocolVersion.V1, clientName: this.name, token } })
     }
     ws.onmessage = (ev) => this.#receive(ev.data)
     ws.onclose = (ev) => {
@@ -372,6 +499,11 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
     const wasOnline = this.#state === 'online'
     this.#ws = null
     this.#stopPing()
+    // A token function still running belongs to this connection: drop its result.
+    this.#generation += 1
+    this.#dialing = false
+    this.#refreshing = false
+    this.#clearRefresh()
     if (ws !== null) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null
       try {
@@ -381,7 +513,7 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
       }
     }
     if (this.#state === 'closed') return
-    this.#setState('offline')
+    this.#setState(this.#refused !== null ? 'refused' : 'offline')
     if (wasOnline) {
       for (const binding of [...this.#bindings.values()]) binding.onOffline()
     }
@@ -389,17 +521,105 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
     if (this.#wanted) this.#scheduleReconnect()
   }
 
+  /** The delay before try number `attempt` + 1: exponential, capped, with "equal jitter". */
+  #backoff (attempt: number): number {
+    const { minBackoffMs, maxBackoffMs } = this.#options
+    const ceiling = Math.min(maxBackoffMs, minBackoffMs * 2 ** Math.min(attempt, 30))
+    // Between half and all of the exponential delay.
+    return ceiling / 2 + Math.random() * (ceiling / 2)
+  }
+
   #scheduleReconnect (): void {
     if (this.#reconnectTimer !== null || !this.#wanted) return
-    const { minBackoffMs, maxBackoffMs } = this.#options
-    const ceiling = Math.min(maxBackoffMs, minBackoffMs * 2 ** Math.min(this.#attempt, 30))
+    const delay = this.#backoff(this.#attempt)
     this.#attempt += 1
-    // "Equal jitter": between half and all of the exponential delay.
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2)
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null
       this.#open()
     }, delay)
+  }
+
+  #sendReauth (token: string): boolean {
+    if (!this.send({ case: 'reauth', value: { token } })) return false
+    this.#token = token
+    return true
+  }
+
+  /**
+   * Plans the refresh of a token function's token: 30 s before the
+   * connection's token expires, or halfway through what is left of its life
+   * if that is sooner, and never within {@link MIN_REFRESH_MS}. Replaces any
+   * planned refresh: there is one timer per client.
+   */
+  #planRefresh (): void {
+    this.#clearRefresh()
+    if (typeof this.#tokenSource !== 'function' || !this.online) return
+    const expiry = tokenExpiryMs(this.#token)
+    if (expiry === null) return // not a JWT with `exp`: nothing to refresh
+    const left = expiry - Date.now()
+    const at = Date.now() + Math.max(MIN_REFRESH_MS, left - Math.min(REFRESH_BEFORE_MS, left / 2))
+    const wait = (): void => {
+      const delay = at - Date.now()
+      this.#refreshTimer = setTimeout(() => {
+        this.#refreshTimer = null
+        if (Date.now() < at) wait()
+        else this.#refresh()
+      }, Math.min(Math.max(delay, 0), MAX_TIMER_MS))
+    }
+    wait()
+  }
+
+  /** After a failed refresh (or a refused or expired token): tries again with the reconnect backoff. */
+  #retryRefresh (): void {
+    if (typeof this.#tokenSource !== 'function' || !this.online || this.#refreshing) return
+    this.#clearRefresh()
+    const delay = this.#backoff(this.#refreshAttempt)
+    this.#refreshAttempt += 1
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null
+      this.#refresh()
+    }, delay)
+  }
+
+  /** Gets a new token from the function and sends it in `Reauth`. */
+  #refresh (): void {
+    const source = this.#tokenSource
+    if (typeof source !== 'function' || !this.online || this.#refreshing) return
+    this.#refreshing = true
+    const generation = this.#generation
+    fetchToken(source).then((token) => {
+      if (generation !== this.#generation) return // that connection is gone; the next Hello has a fresh token
+      this.#refreshing = false
+      // `Reauthed` plans the next refresh; a refusal retries.
+      if (!this.#sendReauth(token)) this.#retryRefresh()
+    }, (e: unknown) => {
+      if (generation !== this.#generation) return
+      this.#refreshing = false
+      this.emit('tokenError', [e])
+      this.#retryRefresh()
+    })
+  }
+
+  #clearRefresh (): void {
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer)
+    this.#refreshTimer = null
+  }
+
+  /** A refusal without a document: of the token in `Hello` or `Reauth`, or the connection's token expired. */
+  #connectionError (error: FolioError): void {
+    if (this.#state === 'connecting' && isTokenRefusal(error.code) && typeof this.#tokenSource !== 'function') {
+      // `Hello` refused, and the same token would be refused again: stop
+      // until the application gives another (reauth) or asks (connect).
+      this.#refused = error
+      this.#wanted = false
+      this.#clearReconnect()
+      this.emit('error', [error])
+      this.#lost(POLICY_VIOLATION, error.message)
+      return
+    }
+    this.emit('error', [error])
+    // A token function gives another; a refused Hello reconnects instead.
+    if (this.#state === 'online' && isTokenRefusal(error.code)) this.#retryRefresh()
   }
 
   #clearReconnect (): void {
@@ -444,16 +664,23 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
       case 'welcome':
         this.#session = { connectionId: kind.value.connectionId, limits: limitsOf(kind.value.limits) }
         this.#attempt = 0
+        this.#refreshAttempt = 0
         this.#setState('online')
         this.#startPing()
+        this.#planRefresh()
         this.emit('online', [this.#session])
         for (const binding of [...this.#bindings.values()]) {
           if (this.online) binding.onOnline()
         }
         return
       case 'pong':
-      case 'reauthed': // this client sends no Reauth (yet)
       case undefined:
+        return
+      case 'reauthed':
+        this.#refreshAttempt = 0
+        this.#planRefresh()
+        this.emit('reauthed', [{ expiresAtMs: Number(kind.value.expiresAtMs) }])
+        for (const binding of [...this.#bindings.values()]) binding.onReauthed?.()
         return
       case 'ack':
         this.#unacked = Math.max(0, this.#unacked - 1)
@@ -465,7 +692,11 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
       case 'error': {
         const error = kind.value
         if (error.seq !== 0n) this.#unacked = Math.max(0, this.#unacked - 1)
-        if (error.doc === '' || !this.#bindings.has(error.doc)) {
+        if (error.doc === '') {
+          this.#connectionError(new FolioError(error))
+          return
+        }
+        if (!this.#bindings.has(error.doc)) {
           this.emit('error', [new FolioError(error)])
           return
         }
@@ -480,4 +711,11 @@ export class FolioClient extends ObservableV2<FolioClientEvents> {
   #route (doc: string, message: DocMessage): void {
     this.#bindings.get(doc)?.onMessage(message)
   }
+}
+
+/** Calls a token function; anything but a string is a failure. */
+async function fetchToken (source: () => string | Promise<string>): Promise<string> {
+  const token = await source()
+  if (typeof token !== 'string') throw new TypeError(`the token function returned ${typeof token}, not a string`)
+  return token
 }

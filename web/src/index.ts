@@ -6,7 +6,7 @@
  * @module
  */
 
-export { FolioClient, FolioError } from './client.js'
+export { FolioClient, FolioError, tokenExpiryMs } from './client.js'
 export type {
   ConnectionState,
   DocBinding,
@@ -14,11 +14,12 @@ export type {
   FolioClientEvents,
   FolioClientOptions,
   Session,
+  TokenSource,
   WebSocketConstructor,
   WebSocketLike
 } from './client.js'
 export { FolioProvider } from './provider.js'
-export type { FolioProviderEvents, FolioProviderOptions, SaveStatus } from './provider.js'
+export type { Access, FolioProviderEvents, FolioProviderOptions, SaveStatus } from './provider.js'
 export { ErrorCode } from './gen/folio/v1/folio_pb.js'
 
 /** The root `Y.Text` the server reads as the document's text. */

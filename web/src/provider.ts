@@ -8,8 +8,14 @@
  * Every local update is kept until the server acknowledges it as durable:
  * updates made while offline, or sent on a connection that died before its
  * `Ack`, are merged and resent after the next `Synced`. The `status` event
- * (`saving` | `saved` | `offline`) is driven by those acks only, so "saved"
- * means "on the server's disk".
+ * (`saving` | `saved` | `offline` | `read-only`) is driven by those acks
+ * only, so "saved" means "on the server's disk".
+ *
+ * With access control, the `access` event says what the server lets the
+ * provider do: a `read` token's edits stay local (`read-only`), a refused
+ * subscription stops the provider (`unauthorized`, `forbidden`,
+ * `not-found`) rather than retry in a loop, and a subscription ended by an
+ * expired token (`expired`) resumes after the client's next `Reauthed`.
  *
  * @module
  */
@@ -27,13 +33,33 @@ import { FolioError } from './client.js'
 import type { DocBinding, DocMessage, FolioClient } from './client.js'
 import { ErrorCode } from './gen/folio/v1/folio_pb.js'
 
-/** What the "Saved" indicator shows. */
-export type SaveStatus = 'saving' | 'saved' | 'offline'
+/**
+ * What the "Saved" indicator shows. `read-only`: the server refused an edit
+ * because the token may only read; local edits are kept, not sent.
+ */
+export type SaveStatus = 'saving' | 'saved' | 'offline' | 'read-only'
+
+/**
+ * What the server lets this provider do with its document:
+ * - `ok`: nothing refused (the default; `read` tokens are only known once an edit is refused);
+ * - `read-only`: an update got `READ_ONLY`; edits stay pending until a `Reauth` or reconnect;
+ * - `expired`: `TOKEN_EXPIRED` ended the subscription; it resubscribes after the next `Reauthed`;
+ * - `unauthorized`, `forbidden`, `not-found`: the subscription was refused
+ *   (`UNAUTHORIZED`, `FORBIDDEN`, `DOC_NOT_FOUND`); the provider stops, and tries once
+ *   more after a `Reauthed` or {@link FolioProvider.connect}.
+ */
+export type Access = 'ok' | 'read-only' | 'expired' | 'unauthorized' | 'forbidden' | 'not-found'
 
 /** Events of a {@link FolioProvider}. */
 export interface FolioProviderEvents {
-  /** `saving`: some local change is not yet acknowledged; `saved`: all are durable; `offline`: no connection. */
+  /**
+   * `saving`: some local change is not yet acknowledged; `saved`: all are
+   * durable; `offline`: no connection (or the provider stopped: see `access`);
+   * `read-only`: the token may not edit.
+   */
   status: (event: { status: SaveStatus }) => void
+  /** Every change of {@link FolioProvider.access}, with the refusal that caused it (null back to `ok`). */
+  access: (event: { access: Access, error: FolioError | null }) => void
   /** The document finished (`true`) or lost (`false`) its sync with the server, as in y-websocket. */
   sync: (synced: boolean) => void
   /** Alias of `sync`, as y-websocket emits both. */
@@ -54,6 +80,9 @@ export interface FolioProviderOptions {
 
 /** Past this many, queued updates are merged into one to bound their overhead. */
 const MERGE_QUEUED_AFTER = 64
+
+/** Access states in which the provider does not subscribe. */
+const STOPPING: ReadonlySet<Access> = new Set(['unauthorized', 'forbidden', 'not-found'])
 
 /** Origin of the remote presence removals this provider makes when offline. */
 const OFFLINE_ORIGIN = 'folio-offline'
@@ -88,6 +117,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
   #muteAwareness = false
   /** The document was deleted on the server: do not bring it back by resubscribing. */
   #deleted = false
+  #access: Access = 'ok'
 
   #onDocUpdate = (update: Uint8Array, origin: unknown): void => {
     if (origin === this) return
@@ -144,6 +174,16 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
     return this.#deleted
   }
 
+  /** What the server lets this provider do (see {@link Access}). */
+  get access (): Access {
+    return this.#access
+  }
+
+  /** Whether the provider stopped following the document: deleted, or its subscription refused. */
+  get stopped (): boolean {
+    return this.#deleted || STOPPING.has(this.#access)
+  }
+
   /** The current save status. */
   get status (): SaveStatus {
     return this.#status
@@ -154,11 +194,16 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
     return this.#inflight.size + this.#pending.length
   }
 
-  /** Starts following the document (subscribing whenever the client is online). */
+  /**
+   * Starts following the document (subscribing whenever the client is
+   * online). After a stop (deleted, or refused), disconnect() then connect()
+   * tries again.
+   */
   connect (): void {
     if (this.#bound) return
     this.#bound = true
     this.#deleted = false
+    this.#setAccess('ok', null)
     this.client.bind(this)
     this.#updateStatus()
   }
@@ -186,7 +231,24 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
 
   /** @internal Called by the client once the connection is up. */
   onOnline (): void {
+    // A new connection may carry another token: read-only and expired are
+    // found out again. A refused subscription stays stopped.
+    if (this.#access === 'read-only' || this.#access === 'expired') this.#setAccess('ok', null)
     this.#subscribe()
+  }
+
+  /**
+   * @internal Called by the client when the server accepted a new token:
+   * what it refused may be allowed now, so try once more (one attempt per
+   * `Reauthed`, so never a loop).
+   */
+  onReauthed (): void {
+    if (!this.#bound || this.#access === 'ok') return
+    const was = this.#access
+    this.#setAccess('ok', null)
+    if (was === 'read-only') this.#flush()
+    else this.#subscribe()
+    this.#updateStatus()
   }
 
   /** @internal Called by the client when the connection is gone. */
@@ -254,7 +316,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
 
   /** Sends Subscribe with the local state vector. */
   #subscribe (): void {
-    if (!this.#bound || !this.client.online || this.#deleted) return
+    if (!this.#bound || !this.client.online || this.stopped || this.#access === 'expired') return
     this.#requeueInflight()
     this.#subscription = 'pending'
     this.client.send({
@@ -266,7 +328,7 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
 
   /** Sends the pending updates (merged into one) if subscribed and allowed. */
   #flush (): void {
-    if (this.#subscription !== 'live' || this.#pending.length === 0) return
+    if (this.#subscription !== 'live' || this.#pending.length === 0 || this.#access === 'read-only') return
     const update = this.#pending.length === 1 ? this.#pending[0] : Y.mergeUpdates(this.#pending)
     const seq = this.client.sendUpdate(this.docId, update)
     if (seq === null) return // offline or at max_unacked_updates: onCapacity/onOnline retry
@@ -315,6 +377,37 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
         this.#subscription = 'none'
         this.#requeueInflight()
         this.#setSynced(false)
+        break
+      case ErrorCode.READ_ONLY:
+        // Not applied, and resending would be refused the same way: keep it
+        // (and every later edit) pending, unsent, until a Reauth or a new
+        // connection may bring the write role.
+        if (update !== undefined) this.#pending.unshift(update)
+        this.#setAccess('read-only', error)
+        break
+      case ErrorCode.TOKEN_EXPIRED:
+        // The subscription ended (or this came after it ended). Once the
+        // client has a fresh token (Reauthed, or a reconnect), resubscribe
+        // with the state vector: the diff after Synced resends what is pending.
+        if (update !== undefined) this.#pending.unshift(update)
+        this.#subscription = 'none'
+        this.#setSynced(false)
+        this.#setAccess('expired', error)
+        break
+      case ErrorCode.UNAUTHORIZED:
+      case ErrorCode.FORBIDDEN:
+      case ErrorCode.DOC_NOT_FOUND:
+        // The same token would be refused the same way: stop, like
+        // DOC_DELETED, rather than resubscribe in a loop. A Reauthed (or
+        // disconnect() + connect()) tries once more.
+        if (update !== undefined) this.#pending.unshift(update)
+        this.#subscription = 'none'
+        this.#requeueInflight()
+        this.#setSynced(false)
+        this.#setAccess(
+          error.code === ErrorCode.UNAUTHORIZED ? 'unauthorized' : error.code === ErrorCode.FORBIDDEN ? 'forbidden' : 'not-found',
+          error
+        )
         break
       case ErrorCode.INVALID_UPDATE:
         // Never resend the same bytes: resync, and the diff after Synced
@@ -373,9 +466,16 @@ export class FolioProvider extends ObservableV2<FolioProviderEvents> implements 
     this.emit('synced', [synced])
   }
 
+  #setAccess (access: Access, error: FolioError | null): void {
+    if (this.#access === access) return
+    this.#access = access
+    this.emit('access', [{ access, error }])
+  }
+
   #updateStatus (): void {
     let status: SaveStatus
-    if (!this.#bound || !this.client.online || this.#deleted) status = 'offline'
+    if (!this.#bound || !this.client.online || this.stopped || this.#access === 'expired') status = 'offline'
+    else if (this.#access === 'read-only') status = 'read-only'
     else if (this.#synced && this.unsavedUpdates === 0) status = 'saved'
     else status = 'saving'
     if (status === this.#status) return

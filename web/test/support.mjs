@@ -2,7 +2,7 @@
 // binary ($FOLIO_BIN, or the repository's target/debug/folio) on a temp
 // data dir, talk to its HTTP API, and wait for conditions with a bound.
 
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -98,10 +98,32 @@ export async function startServer (dataDir, { addr = '127.0.0.1:0', args = [] } 
   }
 }
 
-/** The server's text of `doc`, or null if it has no such document. */
-export async function serverText (server, doc) {
-  const resp = await fetch(`${server.http}/docs/${encodeURIComponent(doc)}/text`)
-  return resp.ok ? resp.text() : null
+/** The server's text of `doc` (read with `token` if given), or null if it has no such document. */
+export async function serverText (server, doc, token) {
+  const headers = token ? { authorization: `Bearer ${token}` } : {}
+  const resp = await fetch(`${server.http}/docs/${encodeURIComponent(doc)}/text`, { headers })
+  if (resp.status === 404) return null
+  if (!resp.ok) throw new Error(`GET text of ${doc}: HTTP ${resp.status}`)
+  return resp.text()
+}
+
+/** A secret for `folio serve --auth-secret` in tests (at least 32 bytes). */
+export const AUTH_SECRET = 'web-tests-secret-0123456789abcdef0123456789'
+
+/**
+ * Mints a token with the real `folio token` command: `docs` is one pattern
+ * or several, `ttl` as the CLI takes it (`1h`, `4s`).
+ */
+export function mintToken ({ docs, role = 'write', ttl = '1h', sub, secret = AUTH_SECRET }) {
+  const args = ['token', '--role', role, '--ttl', ttl, '--auth-secret', secret]
+  for (const doc of [docs].flat()) args.push('--doc', doc)
+  if (sub !== undefined) args.push('--sub', sub)
+  return new Promise((resolve, reject) => {
+    execFile(folioBin, args, { timeout: PATIENCE_MS }, (err, stdout) => {
+      if (err) reject(err)
+      else resolve(stdout.trim())
+    })
+  })
 }
 
 /**
