@@ -705,8 +705,10 @@ async fn http_and_sse_need_a_token_that_covers_the_document() {
             403,
             "forbidden",
         ),
-        // The all-documents feed is for admins over `*` only.
+        // The all-documents feed and the metrics are for admins over `*` only.
         ("/events", Some(read.as_str()), 403, "forbidden"),
+        ("/metrics", None, 401, "unauthorized"),
+        ("/metrics", Some(write.as_str()), 403, "forbidden"),
         (
             "/events",
             Some(valid(&["open/*"], Role::Admin, "a").as_str()),
@@ -723,6 +725,9 @@ async fn http_and_sse_need_a_token_that_covers_the_document() {
     }
     let (status, text) = get(&server, &format!("/docs/open%2Fa/text?token={read}"), None).await;
     assert_eq!((status, text.as_str()), (200, "v1"));
+    let (status, metrics) = get(&server, "/metrics", Some(&admin)).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("folio_documents_resident"), "{metrics}");
     // The listing shows only what the token covers.
     assert_eq!(doc_ids(&server, &read).await, ["open/a"]);
     let mut all = Watcher::connect(&server.url(&format!("/events?token={admin}")), None).await;
