@@ -229,7 +229,7 @@ pub(crate) fn new_doc() -> Doc {
 /// Decodes an update a client sent, refusing first what yrs would accept
 /// but mishandle (see [`update_check`]).
 fn decode_incoming(update: &[u8]) -> Result<Update, ShardError> {
-    update_check::check(update).map_err(|e| ShardError::InvalidUpdate(e.to_string()))?;
+    decode_guarded(|| update_check::check(update)).map_err(ShardError::InvalidUpdate)?;
     decode_guarded(|| Update::decode_v1(update)).map_err(ShardError::InvalidUpdate)
 }
 
@@ -818,6 +818,15 @@ impl DocShard {
     pub fn apply_awareness(&self, update: Bytes, from: u64) -> Result<(), ShardError> {
         let decoded = decode_guarded(|| AwarenessUpdate::decode_v1(&update))
             .map_err(ShardError::InvalidAwareness)?;
+        if let Some(client) = decoded
+            .clients
+            .keys()
+            .find(|c| c.get() > update_check::MAX_CLIENT_ID)
+        {
+            return Err(ShardError::InvalidAwareness(format!(
+                "client id {client} is past 2^53 - 1, which JavaScript clients cannot read"
+            )));
+        }
         for entry in decoded.clients.values() {
             serde_json::from_str::<serde::de::IgnoredAny>(&entry.json)
                 .map_err(|e| ShardError::InvalidAwareness(format!("state is not JSON: {e}")))?;
@@ -1755,6 +1764,27 @@ mod tests {
             (shard.text(), shard.info().last_seq),
             ("abcdef".to_owned(), 1)
         );
+    }
+
+    /// A presence under a client id JavaScript cannot read would break
+    /// every JS client it is relayed to; it is refused and not relayed.
+    #[tokio::test]
+    async fn awareness_with_a_client_id_past_2_pow_53_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        let (sender, _srx) = Peer::channel(1, Wire::Folio, 1 << 20);
+        let (watcher, mut rx) = Peer::channel(2, Wire::Folio, 1 << 20);
+        shard.subscribe(&sender, "s", &[]).expect("subscribe");
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        while rx.try_recv().is_some() {}
+        // y-protocols awareness: one entry, client 2^53, clock 1, state {}.
+        let bytes = vec![1, 128, 128, 128, 128, 128, 128, 128, 16, 1, 2, b'{', b'}'];
+        let refused = shard.apply_awareness(Bytes::from(bytes), sender.id());
+        assert!(
+            matches!(refused, Err(ShardError::InvalidAwareness(_))),
+            "{refused:?}"
+        );
+        assert!(rx.try_recv().is_none(), "nothing relayed");
     }
 
     /// Found by replaying the `shard_update` corpus in a debug build: the

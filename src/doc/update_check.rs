@@ -1,23 +1,31 @@
 //! Structural checks on an incoming Yjs v1 update that yrs does not make.
 //!
-//! yrs decodes an update whose struct list names the same client twice by
-//! appending the second run of blocks to the first, so the client's blocks
-//! can overlap or leave gaps. yrs then either panics while integrating
-//! (`unreachable!` in `BlockSet::exclude`, an overflow in `BlockStore::push`)
-//! or integrates blocks whose clocks disagree with what the sender meant, so
-//! that replicas hold different content under the same id. The JS Yjs
-//! decoder instead keeps only the last run. No Yjs or yrs encoder writes a
-//! client twice, so [`check`] refuses such an update before yrs sees it.
+//! - **A client listed twice.** yrs decodes an update whose struct list
+//!   names the same client twice by appending the second run of blocks to
+//!   the first, so the client's blocks can overlap or leave a hole. yrs then
+//!   either panics while applying it (`unreachable!` in `BlockSet::exclude`,
+//!   an overflow in `BlockStore::push`) or integrates blocks whose clocks
+//!   disagree with what the sender meant, so that replicas hold different
+//!   content under the same id. The JS Yjs decoder keeps only the last run
+//!   instead. No Yjs or yrs encoder writes a client twice.
+//! - **A client id past 2^53 - 1**, in a struct group, an item's origins or
+//!   parent, or the delete set. lib0 in JavaScript cannot read such a
+//!   number, so relaying the update would break every JS client of the
+//!   document; yrs only `debug_assert!`s it. Yjs draws client ids below
+//!   2^32, yrs below 2^53.
 //!
-//! The walk reads the encoding with yrs's own public decoder, so it accepts
-//! exactly the content kinds yrs accepts.
+//! [`check`] refuses both before yrs sees the update. The walk reads the
+//! encoding with yrs's own public decoder (ids as plain varints), so it
+//! accepts exactly the content kinds yrs accepts.
 
 use std::collections::HashSet;
 
 use yrs::block::{ItemContent, BLOCK_GC_REF_NUMBER, BLOCK_SKIP_REF_NUMBER};
 use yrs::encoding::read::Read;
 use yrs::updates::decoder::{Decoder, DecoderV1};
-use yrs::ClientID;
+
+/// The largest client id JavaScript's lib0 reads (`Number.MAX_SAFE_INTEGER`).
+pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 
 /// Flags in an item's info byte (the y-protocols struct encoding).
 const HAS_ORIGIN: u8 = 0b1000_0000;
@@ -29,32 +37,44 @@ const HAS_PARENT_SUB: u8 = 0b0010_0000;
 pub enum UpdateDefect {
     #[error("the update lists client {0} more than once")]
     ClientRepeated(u64),
+    #[error("client id {0} is past 2^53 - 1, which JavaScript clients cannot read")]
+    ClientTooLarge(u64),
     #[error("the update's structs do not decode: {0}")]
     Malformed(String),
 }
 
-/// Walks the struct section of a v1 update and refuses one that lists a
-/// client twice. The delete set after it is left to yrs.
+/// Walks a v1 update and refuses one that lists a client twice or names a
+/// client id past [`MAX_CLIENT_ID`].
 ///
 /// Costs one pass over the bytes, allocating only for item contents, as
-/// yrs's own decode does. At most one entry per client can pass, so the set
-/// of seen clients is bounded by the update's length.
+/// yrs's own decode does. The set of seen clients holds at most one entry
+/// per struct group, so it is bounded by the update's length.
 ///
 /// # Errors
 /// [`UpdateDefect`]; the caller answers with an invalid-update error.
 pub fn check(update: &[u8]) -> Result<(), UpdateDefect> {
     let mut decoder = DecoderV1::from(update);
-    let clients: u32 = decoder.read_var().map_err(malformed)?;
-    let mut seen: HashSet<ClientID> = HashSet::new();
-    for _ in 0..clients {
+    let groups: u32 = decoder.read_var().map_err(malformed)?;
+    let mut seen: HashSet<u64> = HashSet::new();
+    for _ in 0..groups {
         let structs: u32 = decoder.read_var().map_err(malformed)?;
-        let client = decoder.read_client().map_err(malformed)?;
+        let client = read_client(&mut decoder)?;
         let _clock: u32 = decoder.read_var().map_err(malformed)?;
         if !seen.insert(client) {
-            return Err(UpdateDefect::ClientRepeated(client.get()));
+            return Err(UpdateDefect::ClientRepeated(client));
         }
         for _ in 0..structs {
             skip_struct(&mut decoder)?;
+        }
+    }
+    // The delete set: per client, ranges of (clock, length).
+    let clients: u32 = decoder.read_var().map_err(malformed)?;
+    for _ in 0..clients {
+        read_client(&mut decoder)?;
+        let ranges: u32 = decoder.read_var().map_err(malformed)?;
+        for _ in 0..ranges {
+            let _clock: u32 = decoder.read_var().map_err(malformed)?;
+            let _len: u32 = decoder.read_var().map_err(malformed)?;
         }
     }
     Ok(())
@@ -72,16 +92,16 @@ fn skip_struct(decoder: &mut DecoderV1) -> Result<(), UpdateDefect> {
         }
         info => {
             if info & HAS_ORIGIN != 0 {
-                decoder.read_left_id().map_err(malformed)?;
+                read_id(decoder)?;
             }
             if info & HAS_RIGHT_ORIGIN != 0 {
-                decoder.read_right_id().map_err(malformed)?;
+                read_id(decoder)?;
             }
             if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
                 if decoder.read_parent_info().map_err(malformed)? {
                     decoder.read_string().map_err(malformed)?;
                 } else {
-                    decoder.read_left_id().map_err(malformed)?;
+                    read_id(decoder)?;
                 }
                 if info & HAS_PARENT_SUB != 0 {
                     decoder.read_string().map_err(malformed)?;
@@ -93,6 +113,23 @@ fn skip_struct(decoder: &mut DecoderV1) -> Result<(), UpdateDefect> {
     Ok(())
 }
 
+/// A client id, as the plain varint it is on the wire (yrs's own reader
+/// asserts its range instead of refusing it).
+fn read_client(decoder: &mut DecoderV1) -> Result<u64, UpdateDefect> {
+    let client: u64 = decoder.read_var().map_err(malformed)?;
+    if client > MAX_CLIENT_ID {
+        return Err(UpdateDefect::ClientTooLarge(client));
+    }
+    Ok(client)
+}
+
+/// An item id (client, clock), as in v1's origins and parent ids.
+fn read_id(decoder: &mut DecoderV1) -> Result<(), UpdateDefect> {
+    read_client(decoder)?;
+    let _clock: u32 = decoder.read_var().map_err(malformed)?;
+    Ok(())
+}
+
 fn malformed(e: impl std::fmt::Display) -> UpdateDefect {
     UpdateDefect::Malformed(e.to_string())
 }
@@ -100,7 +137,7 @@ fn malformed(e: impl std::fmt::Display) -> UpdateDefect {
 #[cfg(test)]
 mod tests {
     use yrs::updates::decoder::Decode;
-    use yrs::{Doc, Options, ReadTxn, StateVector, Text, Transact, Update};
+    use yrs::{ClientID, Doc, Options, ReadTxn, StateVector, Text, Transact, Update};
 
     use super::*;
 
@@ -170,6 +207,28 @@ mod tests {
             assert!(Update::decode_v1(&bytes).is_ok(), "yrs decodes it");
             assert_eq!(check(&bytes), Err(UpdateDefect::ClientRepeated(7)));
         }
+    }
+
+    /// Found by the `session` fuzz target: yrs's id reader asserted on a
+    /// client id of 2^53 inside this check, unguarded.
+    #[test]
+    fn client_ids_past_2_pow_53_are_refused_wherever_they_appear() {
+        let big = 1u64 << 53;
+        assert_eq!(
+            check(&runs(big, &[(0, "A")])),
+            Err(UpdateDefect::ClientTooLarge(big))
+        );
+        assert_eq!(check(&runs(MAX_CLIENT_ID, &[(0, "A")])), Ok(()));
+        // As an origin: client 7's "x" after <2^53#0>.
+        let mut origin = vec![1, 1, 7, 0, 0x84];
+        var(&mut origin, big);
+        origin.extend([0, 1, b'x', 0]);
+        assert_eq!(check(&origin), Err(UpdateDefect::ClientTooLarge(big)));
+        // In the delete set.
+        let mut deletes = vec![0, 1];
+        var(&mut deletes, big);
+        deletes.extend([1, 0, 1]);
+        assert_eq!(check(&deletes), Err(UpdateDefect::ClientTooLarge(big)));
     }
 
     #[test]
