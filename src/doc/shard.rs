@@ -1766,6 +1766,35 @@ mod tests {
         );
     }
 
+    /// Found by the `session` and `shard_update` fuzz targets: the
+    /// structural check (`update_check`) ran outside the panic guard, and
+    /// yrs's readers panic in debug builds on a client id of 2^53 or an
+    /// integer varint of ten bytes, which unwound out of `apply_update`.
+    #[tokio::test]
+    async fn updates_that_make_the_structural_check_panic_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        let hex = [
+            // client 2^53 types "A"
+            "0101808080808080801000040107636f6e74656e74014100",
+            // an Any integer as a varint of ten 0xff bytes
+            "01010100080107636f6e74656e74017dffffffffffffffffffff0000",
+        ];
+        for h in hex {
+            let bytes: Vec<u8> = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                .collect();
+            let refused = shard.apply_update(Bytes::from(bytes), "m", None).await;
+            assert!(
+                matches!(refused, Err(ShardError::InvalidUpdate(_))),
+                "{h}: {refused:?}"
+            );
+        }
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().last_seq, 0);
+    }
+
     /// A presence under a client id JavaScript cannot read would break
     /// every JS client it is relayed to; it is refused and not relayed.
     #[tokio::test]
