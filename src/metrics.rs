@@ -112,6 +112,7 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::DocTooLarge, "doc_too_large"),
     (ErrorCode::RateLimited, "rate_limited"),
     (ErrorCode::ServerBusy, "server_busy"),
+    (ErrorCode::DocNotFound, "doc_not_found"),
 ];
 
 /// Label values of the labelled counters, in the order of their handles.
