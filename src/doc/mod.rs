@@ -8,6 +8,7 @@ mod id;
 mod peer;
 mod registry;
 mod shard;
+mod update_check;
 
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
 pub use peer::{DropReason, Outbound, OutboundRx, Peer, QueueMeter, SendError, Wire};

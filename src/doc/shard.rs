@@ -24,6 +24,7 @@ use yrs::{
 };
 
 use super::peer::{DropReason, Peer, SendError, Wire};
+use super::update_check;
 use super::DocId;
 use crate::feed::delta::{self, Op};
 use crate::feed::{DocFeed, Edit, Presence};
@@ -134,6 +135,8 @@ enum Integrated {
         part: Update,
         refused: Option<String>,
     },
+    /// yrs panicked before changing anything; the doc is as it was.
+    Untouched,
 }
 
 /// A peer subscribed to this document, and the awareness client ids it set.
@@ -221,6 +224,13 @@ pub(crate) fn new_doc() -> Doc {
         offset_kind: OffsetKind::Utf16,
         ..Options::default()
     })
+}
+
+/// Decodes an update a client sent, refusing first what yrs would accept
+/// but mishandle (see [`update_check`]).
+fn decode_incoming(update: &[u8]) -> Result<Update, ShardError> {
+    update_check::check(update).map_err(|e| ShardError::InvalidUpdate(e.to_string()))?;
+    decode_guarded(|| Update::decode_v1(update)).map_err(ShardError::InvalidUpdate)
 }
 
 /// Runs a decoder that may panic on hostile bytes (yrs asserts on some
@@ -441,8 +451,7 @@ impl DocShard {
         author: &str,
         from: Option<u64>,
     ) -> Result<Applied, ShardError> {
-        let decoded =
-            decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
+        let decoded = decode_incoming(&update)?;
         // Reserve the log slot before locking: the lock is never held while
         // waiting for the writer.
         let permit = self.permit().await?;
@@ -489,7 +498,17 @@ impl DocShard {
             let mut txn = st.awareness.doc().transact_mut();
             // yrs stops at the first block it cannot integrate (one whose
             // parent is not a type), keeping the blocks before it.
-            let refused = txn.apply_update(decoded).err().map(|e| e.to_string());
+            let refused = match catch_unwind(AssertUnwindSafe(|| txn.apply_update(decoded))) {
+                Ok(result) => result.err().map(|e| e.to_string()),
+                // Some malformed block lists make yrs panic while it sorts
+                // them, before it integrates or deletes anything. Nothing
+                // changed then, so there is nothing to reload.
+                Err(_) if txn.insert_set().is_empty() && txn.delete_set().is_empty() => {
+                    txn.prune_pending();
+                    return Ok(Integrated::Untouched);
+                }
+                Err(_) => return Err("panic while applying".to_owned()),
+            };
             // Parts that build on or delete items this document lacks would
             // wait in yrs as "pending" state, which snapshots, joiners and
             // the log never see, and which a later update could bring to
@@ -526,6 +545,12 @@ impl DocShard {
                     doc_seq: st.last_seq,
                     durable: permit.send(WriteOp::Barrier),
                 });
+            }
+            Integrated::Untouched => {
+                tracing::warn!(doc = %self.id, "yrs panicked on an update before applying it");
+                return Err(ShardError::InvalidUpdate(
+                    "the update's blocks are inconsistent".to_owned(),
+                ));
             }
             // Nothing integrated: the doc is as it was.
             Integrated::Partly { part, refused } if part.is_empty() => {
@@ -711,8 +736,7 @@ impl DocShard {
         kind: VersionKind,
         label: String,
     ) -> Result<(Applied, Option<Durable>), ShardError> {
-        let decoded =
-            decode_guarded(|| Update::decode_v1(&update)).map_err(ShardError::InvalidUpdate)?;
+        let decoded = decode_incoming(&update)?;
         let permit = self.permit().await?;
         let version_permit = self.permit().await?;
         let mut st = self.state.lock();
@@ -1685,6 +1709,51 @@ mod tests {
         assert_eq!(
             (shard.text(), shard.info().last_seq),
             ("hello".to_owned(), 1)
+        );
+    }
+
+    /// Found by the `shard_mutate` fuzz target: an update listing the same
+    /// client twice, with overlapping runs, made yrs panic while applying
+    /// it, and the shard closed itself, dropping every subscriber; or, with
+    /// other clocks, yrs kept a character the sender's first run did not
+    /// hold there. It is refused before yrs sees it, and nothing changes.
+    #[tokio::test]
+    async fn an_update_listing_a_client_twice_is_refused_without_closing_the_shard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shard = new_shard(dir.path());
+        let (watcher, _rx) = Peer::channel(3, Wire::Folio, 1 << 20);
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        let applied = shard
+            .apply_update(insert_update(7, "abcdef"), "t", None)
+            .await
+            .expect("apply");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        // lib0 v1: two entries for client 7, "abcdefgh" from clock 0 and
+        // "xy" from clock `second`, each a root string item of the text.
+        for second in [5u8, 7] {
+            let mut bytes = vec![2];
+            for (clock, run) in [(0u8, &b"abcdefgh"[..]), (second, &b"xy"[..])] {
+                bytes.extend([1, 7, clock, 4, 1, 7]);
+                bytes.extend(TEXT_NAME.as_bytes());
+                bytes.push(run.len() as u8);
+                bytes.extend(run);
+            }
+            bytes.push(0);
+            assert!(Update::decode_v1(&bytes).is_ok(), "the update decodes");
+            let refused = shard
+                .apply_update(Bytes::from(bytes), "mallory", None)
+                .await;
+            assert!(
+                matches!(&refused, Err(ShardError::InvalidUpdate(r)) if r.contains("more than once")),
+                "{refused:?}"
+            );
+        }
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().subscribers, 1);
+        assert!(watcher.take_dropped().is_empty());
+        assert_eq!(
+            (shard.text(), shard.info().last_seq),
+            ("abcdef".to_owned(), 1)
         );
     }
 
