@@ -54,6 +54,7 @@ fn hello(version: u32) -> Vec<u8> {
     frame(Kind::Hello(v1::Hello {
         protocol_version: version,
         client_name: "seed".into(),
+        token: String::new(),
     }))
 }
 
@@ -61,6 +62,7 @@ fn subscribe(doc: &str, state_vector: Bytes) -> Vec<u8> {
     frame(Kind::Subscribe(v1::Subscribe {
         doc: doc.into(),
         state_vector,
+        token: String::new(),
     }))
 }
 

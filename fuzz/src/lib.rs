@@ -13,19 +13,52 @@ pub mod shard;
 
 use std::path::PathBuf;
 
-/// A temp dir for a harness's store: in `/dev/shm` if it exists.
+/// The start of every harness temp dir's name; the process id follows.
+const TEMP_PREFIX: &str = "folio-fuzz-";
+
+/// A temp dir for a harness's store: in `/dev/shm` if it exists. Its name
+/// carries the process id: the harnesses live in statics, which are never
+/// dropped, and a crash aborts the process anyway, so each new harness
+/// first removes the dirs of processes that are gone (they live in memory:
+/// fork mode left over a thousand behind in an hour).
 ///
 /// # Panics
 /// If no temp dir can be made (the harness cannot run at all).
 pub fn temp_dir() -> tempfile::TempDir {
     let shm = PathBuf::from("/dev/shm");
-    let builder = || tempfile::Builder::new().prefix("folio-fuzz-").clone();
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+    let builder = || tempfile::Builder::new().prefix(&prefix).clone();
     if shm.is_dir() {
+        remove_orphans(&shm);
         if let Ok(dir) = builder().tempdir_in(&shm) {
             return dir;
         }
     }
+    remove_orphans(&std::env::temp_dir());
     builder().tempdir().expect("a temp dir for the store")
+}
+
+/// Removes the harness temp dirs in `parent` whose process has exited.
+/// Best effort: a dir that cannot be read or removed is left alone.
+fn remove_orphans(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid)
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The single-threaded runtime every harness drives its futures on.

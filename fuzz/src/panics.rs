@@ -38,6 +38,11 @@ pub fn install() {
                     .or_else(|| info.payload().downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 eprintln!("panic at {at}: {msg} (aborts the run unless caught)");
+                // With RUST_BACKTRACE=1 (say, replaying a crash), where from.
+                let trace = std::backtrace::Backtrace::capture();
+                if trace.status() == std::backtrace::BacktraceStatus::Captured {
+                    eprintln!("{trace}");
+                }
             }
         }));
     });

@@ -1,7 +1,8 @@
 //! The session harnesses: fuzzer frames through the real [`Session`] (Folio's
 //! protobuf protocol) and [`YSession`] (y-websocket), over a real registry
 //! and sled store, the way `src/http/ws.rs` and `src/http/yws.rs` drive them
-//! (minus the socket). Checks, for every input:
+//! (minus the socket), with the server's default limits and open access
+//! (no auth secret). Checks, for every input:
 //! - nothing panics and nothing hangs (the session's queue is drained while
 //!   it works, as the socket writer does);
 //! - every frame the server sends decodes;
@@ -19,39 +20,54 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use folio::auth::Auth;
 use folio::config::ServeConfig;
-use folio::doc::{DocId, DocRegistry, DocShard, Outbound, Peer, Wire, TEXT_NAME};
+use folio::doc::{DocId, DocRegistry, DocShard, Outbound, OutboundRx, Peer, Wire, TEXT_NAME};
 use folio::protocol::{
     client_message, server_message, v1, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
 };
+use folio::rate::Rates;
 use folio::server::Storage;
 use folio::session::{close, Flow, Session, SessionLimits};
 use folio::ysession::YSession;
 use prost::Message as _;
-use tokio::sync::mpsc;
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Transact, Update};
 
 /// The document the seeds use and the observer follows.
 pub const DOC: &str = "fuzz";
 
-/// Frames a session's queue holds. Every reply fits as the harness drains
-/// it while the session works; the observer's must hold every broadcast of
-/// one frame (a y-websocket frame can carry thousands of updates).
-const QUEUE_FRAMES: usize = 1 << 16;
+/// Frames the harness takes off a queue at once, as the socket writer does.
+const BATCH_FRAMES: usize = 256;
 
-/// Limits small enough to be reached by fuzzed input.
-pub const LIMITS: SessionLimits = SessionLimits {
-    max_message_bytes: 1 << 16,
-    max_docs_per_connection: 4,
-    max_unacked_updates: 8,
-};
+/// The limits a session enforces with the server's defaults, following at
+/// most `max_docs` documents: as `src/http/ws.rs` builds them (`/ws` passes
+/// `max_docs_per_connection`, `/yjs` 1). The rates are the server's too: a
+/// fresh connection's buckets (2,000 updates, 200 awareness messages) are
+/// enough for most inputs and reachable by some.
+fn session_limits(config: &ServeConfig, max_docs: u32) -> SessionLimits {
+    let limits = &config.limits;
+    SessionLimits {
+        max_message_bytes: config.max_message_bytes,
+        max_docs_per_connection: max_docs,
+        max_unacked_updates: config.max_unacked_updates,
+        max_doc_bytes: limits.max_doc_bytes,
+        rates: Rates {
+            updates_per_sec: limits.updates_per_sec,
+            update_burst: limits.update_burst,
+            awareness_per_sec: limits.awareness_per_sec,
+            awareness_burst: limits.awareness_burst,
+        },
+    }
+}
 
 /// A registry over a sled store, made once per process.
 pub struct Server {
     rt: tokio::runtime::Runtime,
     registry: Arc<DocRegistry>,
     config: ServeConfig,
+    /// Open access, as a server without an auth secret on loopback.
+    auth: Arc<Auth>,
     next_peer: AtomicU64,
     _dir: tempfile::TempDir,
 }
@@ -76,20 +92,28 @@ pub fn server() -> &'static Server {
             rt: crate::runtime(),
             registry: storage.registry,
             config,
+            auth: Arc::new(Auth::open()),
             next_peer: AtomicU64::new(1),
             _dir: dir,
         }
     })
 }
 
-/// Error codes no client input may cause: they mean the server failed.
-const SERVER_FAULTS: [ErrorCode; 6] = [
+/// Error codes no client input may cause here: they mean the server failed.
+/// `SlowConsumer` is no longer sent at all (a slow connection is resynced);
+/// `ServerBusy` needs more resident documents than the inputs can open, and
+/// `DocDeleted` a deletion, which only happens between inputs. The codes of
+/// client mistakes and limits (`RateLimited`, `DocTooLarge`, `TooManyDocs`,
+/// the auth codes) are not faults.
+const SERVER_FAULTS: [ErrorCode; 8] = [
     ErrorCode::Unspecified,
     ErrorCode::Internal,
     ErrorCode::StorageFailure,
     ErrorCode::DocReloaded,
     ErrorCode::SlowConsumer,
     ErrorCode::ShuttingDown,
+    ErrorCode::ServerBusy,
+    ErrorCode::DocDeleted,
 ];
 
 /// Close codes bad input may earn on `/ws`.
@@ -104,10 +128,21 @@ const FOLIO_CLOSES: [u16; 4] = [
 const YSYNC_CLOSES: [u16; 2] = [close::INVALID_PAYLOAD, close::MESSAGE_TOO_BIG];
 
 impl Server {
-    fn peer(&self, wire: Wire) -> (Arc<Peer>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+    /// A connection's peer, its queue bounded in bytes as the server's.
+    fn peer(&self, wire: Wire) -> (Arc<Peer>, OutboundRx) {
         let id = self.next_peer.fetch_add(1, Ordering::Relaxed);
-        (Arc::new(Peer::new(id, wire, tx)), rx)
+        Peer::channel(id, wire, self.config.limits.outbound_queue_bytes)
+    }
+
+    /// A Folio session with the server's limits and access.
+    fn session(&self, peer: &Arc<Peer>) -> Session {
+        let limits = session_limits(&self.config, self.config.max_docs_per_connection);
+        Session::new(
+            peer.clone(),
+            self.registry.clone(),
+            limits,
+            self.auth.clone(),
+        )
     }
 
     fn doc(&self) -> DocId {
@@ -126,7 +161,7 @@ impl Server {
         self.rt.block_on(async {
             let mut observer = Observer::join(self).await;
             let (peer, mut rx) = self.peer(Wire::Folio);
-            let mut session = Session::new(peer.clone(), self.registry.clone(), LIMITS);
+            let mut session = self.session(&peer);
             for frame in frames {
                 let target = ClientMessage::decode(frame)
                     .ok()
@@ -142,8 +177,15 @@ impl Server {
                     let outcome = session.next_ack().await;
                     flow = drive(session.on_ack(outcome), &mut rx, &mut sent).await;
                 }
+                // What the shards told the peer (it fell behind, or was
+                // dropped), then the resync once the queue has drained,
+                // which it has: `drive` takes everything queued.
                 if flow == Flow::Continue {
-                    flow = drive(session.on_lagged(), &mut rx, &mut sent).await;
+                    flow = drive(session.on_peer_notice(), &mut rx, &mut sent).await;
+                }
+                if flow == Flow::Continue && session.has_pending_resync() {
+                    flow = session.on_drained();
+                    take_queued(&mut rx, &mut sent);
                 }
                 let refused = check_folio_replies(&sent);
                 if let (Some(doc), Some(before), true) = (&target, before, refused) {
@@ -153,7 +195,7 @@ impl Server {
                         "a refused update changed {doc}"
                     );
                 }
-                observer.drain();
+                observer.drain().await;
                 if let Flow::Close(code, reason) = flow {
                     assert!(
                         FOLIO_CLOSES.contains(&code),
@@ -174,8 +216,9 @@ impl Server {
         self.rt.block_on(async {
             let mut observer = Observer::join(self).await;
             let (peer, mut rx) = self.peer(Wire::YSync);
+            let limits = session_limits(&self.config, 1);
             let mut session =
-                YSession::new(peer.clone(), self.registry.clone(), self.doc(), LIMITS);
+                YSession::new(peer.clone(), self.registry.clone(), self.doc(), limits);
             for frame in frames {
                 let mut sent = Vec::new();
                 let flow = drive(
@@ -188,15 +231,26 @@ impl Server {
                     let outcome = session.next_write().await;
                     assert_eq!(session.on_write(outcome), Flow::Continue, "a write failed");
                 }
-                let lagged = session.on_lagged();
-                assert_eq!(lagged, Flow::Continue, "the session was dropped");
+                let notice = session.on_peer_notice();
+                assert_eq!(notice, Flow::Continue, "the session was dropped");
+                if session.has_pending_resync() {
+                    assert_eq!(session.on_drained(), Flow::Continue, "the resync failed");
+                }
+                // Updates the rate limit dropped: the transport sends our
+                // step 1 once the bucket has refilled (a millisecond or so).
+                if let Some(at) = session.rate_resync_at() {
+                    tokio::time::sleep_until(at).await;
+                    let resync = drive(session.on_rate_resync(), &mut rx, &mut sent).await;
+                    assert_eq!(resync, Flow::Continue, "the rate resync failed");
+                }
+                take_queued(&mut rx, &mut sent);
                 for out in sent {
                     let Outbound::Frame(frame) = out else {
                         panic!("the session queued a close")
                     };
                     yrs::sync::Message::decode_v1(&frame).expect("a server frame decodes");
                 }
-                observer.drain();
+                observer.drain().await;
                 if let Flow::Close(code, reason) = flow {
                     assert!(
                         YSYNC_CLOSES.contains(&code),
@@ -216,7 +270,7 @@ impl Server {
     async fn finish(&self, observer: Observer) {
         let doc = self.doc();
         let shard = self.registry.resident_shard(&doc);
-        observer.finish(shard.as_deref());
+        observer.finish(shard.as_deref()).await;
         if let Some(shard) = shard {
             self.check_reload(&shard).await;
         }
@@ -254,24 +308,48 @@ impl Server {
 }
 
 /// Runs `work` while moving what it queues into `sent`, as the socket writer
-/// would; then takes what is left.
+/// would (releasing each frame's bytes, so replies waiting for room go in);
+/// then takes what is left.
 async fn drive<T>(
     work: impl Future<Output = T>,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut OutboundRx,
     sent: &mut Vec<Outbound>,
 ) -> T {
     tokio::pin!(work);
+    let mut batch = Vec::with_capacity(BATCH_FRAMES);
+    let mut open = true;
     let out = loop {
         tokio::select! {
             biased;
             out = &mut work => break out,
-            Some(frame) = rx.recv() => sent.push(frame),
+            n = rx.recv_many(&mut batch, BATCH_FRAMES), if open => {
+                // 0: every sender is gone; the work then ends by itself.
+                open = n > 0;
+                for out in batch.drain(..) {
+                    written(rx, &out);
+                    sent.push(out);
+                }
+            }
         }
     };
-    while let Ok(frame) = rx.try_recv() {
-        sent.push(frame);
-    }
+    take_queued(rx, sent);
     out
+}
+
+/// Takes everything queued into `sent`, as written.
+fn take_queued(rx: &mut OutboundRx, sent: &mut Vec<Outbound>) {
+    while let Some(out) = rx.try_recv() {
+        written(rx, &out);
+        sent.push(out);
+    }
+}
+
+/// Releases a frame's bytes from its queue, as the socket writer does once
+/// the socket took it.
+fn written(rx: &OutboundRx, out: &Outbound) {
+    if let Outbound::Frame(frame) = out {
+        rx.written(frame.len());
+    }
 }
 
 /// Checks a Folio session's replies; returns whether one was an `Error`.
@@ -300,21 +378,23 @@ fn check_folio_replies(sent: &[Outbound]) -> bool {
 struct Observer {
     session: Session,
     peer: Arc<Peer>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     doc: yrs::Doc,
 }
 
 impl Observer {
     async fn join(server: &Server) -> Self {
         let (peer, mut rx) = server.peer(Wire::Folio);
-        let mut session = Session::new(peer.clone(), server.registry.clone(), LIMITS);
+        let mut session = server.session(&peer);
         let hello = client_message::Kind::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: "observer".into(),
+            token: String::new(),
         });
         let subscribe = client_message::Kind::Subscribe(v1::Subscribe {
             doc: DOC.into(),
             state_vector: Bytes::new(),
+            token: String::new(),
         });
         let mut sent = Vec::new();
         for kind in [hello, subscribe] {
@@ -334,8 +414,25 @@ impl Observer {
         observer
     }
 
-    fn drain(&mut self) {
-        while let Ok(out) = self.rx.try_recv() {
+    /// Takes what the observer's queue holds, as its socket writer would,
+    /// then handles what the shard told its peer as `src/http/ws.rs` does:
+    /// if the broadcasts of one fuzzed frame overflowed its queue, it fell
+    /// behind and is resynced now that the queue has drained.
+    async fn drain(&mut self) {
+        self.take();
+        let notice = self.session.on_peer_notice().await;
+        assert_eq!(notice, Flow::Continue, "the observer was closed");
+        if self.session.has_pending_resync() {
+            let resync = self.session.on_drained();
+            assert_eq!(resync, Flow::Continue, "the observer's resync failed");
+        }
+        // The resync, or the error for a drop (which fails the check).
+        self.take();
+    }
+
+    fn take(&mut self) {
+        while let Some(out) = self.rx.try_recv() {
+            written(&self.rx, &out);
             self.handle(out);
         }
     }
@@ -348,6 +445,7 @@ impl Observer {
         let update = match msg.kind {
             Some(server_message::Kind::Synced(s)) => s.update,
             Some(server_message::Kind::Update(u)) => u.update,
+            Some(server_message::Kind::Resynced(r)) => r.update,
             Some(server_message::Kind::Error(e)) => {
                 panic!("the observer got an error: {:?} {}", e.code(), e.message)
             }
@@ -360,8 +458,8 @@ impl Observer {
             .expect("a broadcast update applies");
     }
 
-    fn finish(mut self, shard: Option<&DocShard>) {
-        self.drain();
+    async fn finish(mut self, shard: Option<&DocShard>) {
+        self.drain().await;
         assert!(
             self.peer.take_dropped().is_empty(),
             "the observer was dropped from the document"

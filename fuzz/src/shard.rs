@@ -71,6 +71,8 @@ pub fn harness() -> &'static Harness {
                 snapshot_every_updates: 3,
                 snapshot_interval: Duration::from_secs(3600),
                 version_idle: Duration::from_secs(3600),
+                // The server's default (16 MiB): out of the inputs' reach.
+                max_doc_bytes: folio::config::LimitArgs::default().max_doc_bytes,
             },
             id: DocId::parse("fuzz").expect("a valid doc id"),
             pool: Pool::load(),
