@@ -146,22 +146,15 @@ pub async fn copy_doc(
     })?)?;
     principal.require(Action::Write, &target)?;
     let key = source.clone();
-    app.registry
-        .writer()
-        .barrier()
-        .await
-        .map_err(|_| ApiError::from(ShardError::ShuttingDown))?;
-    let store = app.registry.store().clone();
-    let (seq, state) = tokio::task::spawn_blocking(move || {
+    let (seq, state) = super::history::read(&app, move |store| {
         let seq = match version {
-            Some(v) => history::version(store.as_ref(), &key, v)?.seq,
+            Some(v) => history::version(store, &key, v)?.seq,
             None => u64::MAX,
         };
-        let rebuilt = history::rebuild(store.as_ref(), &key, seq)?;
-        Ok::<_, history::HistoryError>((rebuilt.seq, rebuilt.state()))
+        let rebuilt = history::rebuild(store, &key, seq)?;
+        Ok((rebuilt.seq, rebuilt.state()))
     })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    .await?;
     let label = format!("copy of {source} at {seq}");
     let shard = app
         .registry

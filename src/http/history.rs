@@ -40,7 +40,7 @@ const MAX_REPLAY_SPEED: f64 = 10_000.0;
 
 /// Runs `f` over the store on a blocking thread, once everything queued
 /// before is durable (so a read sees every acknowledged update).
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     app: &AppState,
     f: impl FnOnce(&dyn DocStore) -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, ApiError> {
