@@ -1686,6 +1686,18 @@ mod tests {
         assert_eq!(copy_text.get_string(&copy.transact()), text);
     }
 
+    /// After a refused update: the shard is open, `watcher` is its one
+    /// subscriber and was not dropped, and the text and seq are as before.
+    fn assert_undisturbed(shard: &DocShard, watcher: &Peer, text: &str, seq: u64) {
+        assert!(!shard.is_closed());
+        assert_eq!(shard.info().subscribers, 1);
+        assert!(watcher.take_dropped().is_empty());
+        assert_eq!(
+            (shard.text(), shard.info().last_seq),
+            (text.to_owned(), seq)
+        );
+    }
+
     /// Found by the `session` fuzz target: an update whose block names a
     /// piece of text as its parent made yrs fail mid-apply, and the shard
     /// closed itself, dropping every subscriber of the document; any client
@@ -1712,13 +1724,7 @@ mod tests {
             matches!(&refused, Err(ShardError::InvalidUpdate(r)) if r.contains("parent")),
             "{refused:?}"
         );
-        assert!(!shard.is_closed());
-        assert_eq!(shard.info().subscribers, 1);
-        assert!(watcher.take_dropped().is_empty());
-        assert_eq!(
-            (shard.text(), shard.info().last_seq),
-            ("hello".to_owned(), 1)
-        );
+        assert_undisturbed(&shard, &watcher, "hello", 1);
     }
 
     /// Found by the `shard_mutate` fuzz target: an update listing the same
@@ -1757,13 +1763,7 @@ mod tests {
                 "{refused:?}"
             );
         }
-        assert!(!shard.is_closed());
-        assert_eq!(shard.info().subscribers, 1);
-        assert!(watcher.take_dropped().is_empty());
-        assert_eq!(
-            (shard.text(), shard.info().last_seq),
-            ("abcdef".to_owned(), 1)
-        );
+        assert_undisturbed(&shard, &watcher, "abcdef", 1);
     }
 
     /// Found by the `session` and `shard_update` fuzz targets: the
