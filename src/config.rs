@@ -1,8 +1,10 @@
 //! Every setting of `folio serve`, from flags or `FOLIO_*` environment variables.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use crate::auth::AuthSecret;
 use crate::doc::ShardSettings;
@@ -112,6 +114,23 @@ pub struct ServeConfig {
     /// origins get 403. Empty: every origin.
     #[arg(long, env = "FOLIO_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Comma-separated CIDRs (`10.0.0.0/8`, `::1/128`; a bare address is
+    /// one host) of the reverse proxies in front of Folio. Only a TCP peer
+    /// inside one of them is believed when it names the client in
+    /// `Forwarded` or `X-Forwarded-For`; that address is then the one the
+    /// per-IP connection cap and the logs use. Empty: headers are ignored.
+    #[arg(long, env = "FOLIO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// One `--trusted-proxies` entry: a CIDR, or a bare address (one host).
+fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("{s:?} is not a CIDR (10.0.0.0/8) or an IP address"))
 }
 
 impl ServeConfig {
@@ -142,6 +161,7 @@ impl ServeConfig {
             auth_secret: None,
             insecure_open: false,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -354,5 +374,19 @@ mod tests {
             .serve;
         assert_eq!(both.tls_cert, Some(PathBuf::from("c.pem")));
         assert_eq!(both.tls_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let parsed = Cli::try_parse_from(["folio", "--trusted-proxies", "10.1.2.3/8, 192.0.2.1,::1"])
+            .expect("parse")
+            .serve;
+        let want: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]
+            .iter()
+            .map(|n| n.parse().expect("cidr"))
+            .collect();
+        assert_eq!(parsed.trusted_proxies, want);
+        assert!(Cli::try_parse_from(["folio", "--trusted-proxies", "10.0.0.0/33"]).is_err());
+        assert!(Cli::try_parse_from(["folio", "--trusted-proxies", "proxy.local"]).is_err());
     }
 }

@@ -11,8 +11,8 @@
 //! Each admitted connection holds a [`ConnectionPermit`]; dropping it (when
 //! the socket task or the SSE body ends) gives the slot back. The client IP
 //! comes from the listener (`ConnectInfo<SocketAddr>`, see
-//! [`crate::server::run`]): behind a reverse proxy every connection has the
-//! proxy's address, so there the per-IP cap belongs in the proxy.
+//! [`crate::server::run`]), or, when that peer is one of `--trusted-proxies`,
+//! from the proxy's forwarding headers (see [`super::client_ip`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -108,7 +108,14 @@ impl ConnectionLimiter {
 
 /// One admitted connection; its slot is given back when the last clone drops.
 #[derive(Debug, Clone)]
-pub struct ConnectionPermit(#[allow(dead_code)] Arc<PermitInner>);
+pub struct ConnectionPermit(Arc<PermitInner>);
+
+impl ConnectionPermit {
+    /// The client address it is counted under (`None`: unknown).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.0.ip
+    }
+}
 
 #[derive(Debug)]
 struct PermitInner {
@@ -130,7 +137,9 @@ pub async fn limit(State(app): State<AppState>, mut req: Request, next: Next) ->
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| {
+            super::client_ip::client_ip(addr.ip(), req.headers(), &app.config.trusted_proxies)
+        });
     let permit = match app.conns.acquire(ip) {
         Ok(permit) => permit,
         Err(refused) => {

@@ -3,6 +3,7 @@
 //! and [`crate::doc`].
 
 mod api;
+mod client_ip;
 mod conns;
 mod error;
 mod history;

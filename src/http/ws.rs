@@ -51,7 +51,8 @@ pub async fn upgrade(
         let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
         // Everything logged while serving this socket (session, shards,
         // loads) carries its id; one span per connection, none per message.
-        let span = tracing::info_span!("ws", conn = id);
+        let ip = permit.as_ref().and_then(|Extension(p)| p.ip());
+        let span = tracing::info_span!("ws", conn = id, ip = ?ip);
         let tracker = app.connections.clone();
         tracker.track_future(
             async move {

@@ -63,7 +63,8 @@ pub async fn upgrade(
         configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
             let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
             // One span per connection (its one document), none per message.
-            let span = tracing::info_span!("yws", conn = id, %doc);
+            let ip = permit.as_ref().and_then(|Extension(p)| p.ip());
+            let span = tracing::info_span!("yws", conn = id, %doc, ip = ?ip);
             let tracker = app.connections.clone();
             tracker.track_future(
                 async move {

@@ -267,6 +267,79 @@ async fn connections_over_the_caps_get_503_while_open_ones_keep_working() {
     server.stop().await;
 }
 
+/// Opens a WebSocket to `/ws` from 127.0.0.1 carrying `headers` (as a
+/// reverse proxy would add them); the HTTP status if the upgrade was refused.
+async fn ws_with_headers(
+    addr: SocketAddr,
+    headers: &[(&'static str, &str)],
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, value.parse().expect("header value"));
+    }
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_per_ip_cap() {
+    let xff = |v| [("x-forwarded-for", v)];
+    // 127.0.0.1 is the proxy: every client it names gets its own cap of 1.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.limits.max_connections_per_ip = 1;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    let first = ws_with_headers(server.addr, &xff("203.0.113.1"))
+        .await
+        .expect("the first client");
+    let second = ws_with_headers(server.addr, &xff("203.0.113.2"))
+        .await
+        .expect("another client has its own cap");
+    let third = ws_with_headers(
+        server.addr,
+        &[("forwarded", r#"for="[2001:db8::3]:4711";proto=http"#)],
+    )
+    .await
+    .expect("a client named by Forwarded has its own cap too");
+    // A client's cap still holds, even if it forges a hop left of the one
+    // the proxy appended.
+    for chain in ["203.0.113.1", "198.51.100.9, 203.0.113.1"] {
+        let refused = ws_with_headers(server.addr, &xff(chain)).await.err();
+        assert_eq!(refused, Some(503), "{chain}");
+    }
+    // A malformed header counts against the proxy's own address.
+    let unreadable = ws_with_headers(server.addr, &xff("not-an-ip"))
+        .await
+        .expect("counted as 127.0.0.1");
+    let refused = ws_with_headers(server.addr, &[("forwarded", "for=unknown")]).await;
+    assert_eq!(refused.err(), Some(503), "127.0.0.1 is at its cap");
+    drop((first, second, third, unreadable));
+    server.stop().await;
+
+    // No trusted proxies (the default): the headers are ignored and the
+    // cap applies to the TCP peer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |c| c.limits.max_connections_per_ip = 1).await;
+    let first = ws_with_headers(server.addr, &xff("203.0.113.1"))
+        .await
+        .expect("the first connection");
+    let refused = ws_with_headers(server.addr, &xff("203.0.113.2")).await;
+    assert_eq!(refused.err(), Some(503), "a forged header does not help");
+    drop(first);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn at_the_resident_bound_idle_documents_are_evicted_lru_and_busy_loads_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
