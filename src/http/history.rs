@@ -50,7 +50,13 @@ pub(super) async fn read<T: Send + 'static>(
         .await
         .map_err(|_| ApiError::from(ShardError::ShuttingDown))?;
     let store = app.registry.store().clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
+    tokio::task::spawn_blocking(move || match f(store.as_ref()) {
+        // A deleted document's history is gone, and says so (410).
+        Err(HistoryError::DocNotFound(doc)) if matches!(store.tombstone(&doc), Ok(Some(_))) => {
+            Err(ApiError::deleted(&doc))
+        }
+        other => other.map_err(ApiError::from),
+    })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "history task failed");
@@ -60,7 +66,6 @@ pub(super) async fn read<T: Send + 'static>(
                 "internal error",
             )
         })?
-        .map_err(ApiError::from)
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
