@@ -15,4 +15,6 @@ pub enum Error {
 pub enum UpdateError {
     #[error("block parent {0} must be deleted or shared ref type. Type: {1}")]
     InvalidParent(ID, u8),
+    #[error("block's right origin {1} does not lie to the right of its left origin {0}")]
+    ReversedOrigins(ID, ID),
 }

@@ -438,6 +438,14 @@ impl Update {
                 _ => { /* do nothing */ }
             }
 
+            // Both origins are present: refuse a block placed between them in the wrong order
+            // before any block is split, or peers would each put it somewhere else.
+            if let (Some(origin), Some(right_origin)) = (&item.origin, &item.right_origin) {
+                if !Self::precedes(&store.blocks, origin, right_origin) {
+                    return Err(UpdateError::ReversedOrigins(*origin, *right_origin));
+                }
+            }
+
             // We have all missing ids, now find the items
             if let Some(origin) = item.origin.as_ref() {
                 item.left = store
@@ -501,6 +509,35 @@ impl Update {
             };
         }
         Ok(None)
+    }
+
+    /// Whether the element `right` lies to the right of the element `left` in their parent's
+    /// list: walks from `left`'s block both ways, one step each in turn, so the cost follows the
+    /// distance between them. Origins in GC'ed blocks are not checked (`true`).
+    fn precedes(blocks: &crate::block_store::BlockStore, left: &ID, right: &ID) -> bool {
+        let (Some(left_item), Some(right_item)) = (blocks.get_item(left), blocks.get_item(right))
+        else {
+            return true;
+        };
+        if left_item == right_item {
+            return right.clock > left.clock;
+        }
+        let (mut forward, mut backward) = (left_item.right, left_item.left);
+        while forward.is_some() || backward.is_some() {
+            if let Some(item) = forward {
+                if item == right_item {
+                    return true;
+                }
+                forward = item.right;
+            }
+            if let Some(item) = backward {
+                if item == right_item {
+                    return false;
+                }
+                backward = item.left;
+            }
+        }
+        false
     }
 
     fn next_target<'a, 'b>(
