@@ -57,15 +57,15 @@ pub(super) async fn read<T: Send + 'static>(
         }
         other => other.map_err(ApiError::from),
     })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "history task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "history task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {

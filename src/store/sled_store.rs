@@ -463,7 +463,8 @@ impl DocStore for SledStore {
         self.tombstones
             .get(doc.as_str())?
             .map(|v| {
-                Tombstone::decode(&v).ok_or_else(|| corrupt(doc.as_str().as_bytes(), "bad tombstone"))
+                Tombstone::decode(&v)
+                    .ok_or_else(|| corrupt(doc.as_str().as_bytes(), "bad tombstone"))
             })
             .transpose()
     }

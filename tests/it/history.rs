@@ -618,12 +618,14 @@ async fn deleted_documents_stay_deleted_until_put() {
     let doc = y.doc;
     let mut again = YClient::open(&yjs_url(server.addr, "gone"), doc.clone()).await;
     again.send_step1().await;
-    let state = doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
     again.send(ysync::update(&state)).await;
     assert_eq!(again.closed().await.0, 4004);
 
     let gone = |server: &TestServer| {
-        let server_url = server.url("");
+        let server_url = server.url("/");
         async move {
             for path in ["docs/gone/text", "docs/gone/state", "docs/gone/versions"] {
                 let (status, err) =
@@ -634,8 +636,7 @@ async fn deleted_documents_stay_deleted_until_put() {
                     "{path}"
                 );
             }
-            let (_, listing) =
-                json_request(Method::GET, format!("{server_url}docs"), None).await;
+            let (_, listing) = json_request(Method::GET, format!("{server_url}docs"), None).await;
             let listed = listing["docs"].as_array().expect("docs");
             assert!(
                 listed.iter().all(|d| d["id"] != "gone"),
@@ -674,7 +675,10 @@ async fn deleted_documents_stay_deleted_until_put() {
     late.send(ysync::update(&state)).await;
     assert_eq!(late.closed().await.0, 4004);
     let (status, err) = json_request(Method::DELETE, server.url("/docs/gone"), None).await;
-    assert_eq!((status, &err["error"]["code"]), (410, &json!("doc_deleted")));
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (410, &json!("doc_deleted"))
+    );
 
     // Only PUT re-creates it, fresh; then editing works.
     let (status, made) = put(&server, json!({ "text": "fresh" })).await;
