@@ -191,8 +191,8 @@ impl ServeConfig {
 }
 
 /// Limits that keep one client, or many, from taking the server down: sizes,
-/// counts, rates, and how long a connection may stall. See README "Limits
-/// and backpressure" for what happens at each.
+/// counts, rates, and how long a connection may stall. See docs/limits.md
+/// for what happens at each.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct LimitArgs {
     /// Largest encoded state of one document, in bytes: an update that would

@@ -758,7 +758,7 @@ impl Session {
         let code = match &e {
             RegistryError::Shard(shard) => shard.code(),
             RegistryError::Store(_) | RegistryError::Write(_) => ErrorCode::StorageFailure,
-            RegistryError::Deleting(_) => ErrorCode::DocDeleted,
+            RegistryError::Deleting(_) | RegistryError::Deleted(_) => ErrorCode::DocDeleted,
             RegistryError::Busy(_) => ErrorCode::ServerBusy,
             RegistryError::NotFound(_) => ErrorCode::DocNotFound,
             RegistryError::Join(_)

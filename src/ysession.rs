@@ -610,6 +610,9 @@ impl YSession {
                 close::TRY_AGAIN_LATER,
                 "server busy: too many documents in use; try again later",
             ),
+            RegistryError::Deleted(_) | RegistryError::Deleting(_) => {
+                close_with(close::DOC_DELETED, "document deleted")
+            }
             RegistryError::NotFound(_) => close_with(
                 close::NOT_FOUND,
                 "no such document, and a read-only token cannot create it",

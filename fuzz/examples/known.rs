@@ -1,15 +1,18 @@
-//! Replays the two open findings of `fuzz/known/` with plain yrs (no Folio
-//! code), from their raw Yjs v1 updates: `cargo run --manifest-path
-//! fuzz/Cargo.toml --example known`. Prints what happens and whether each
-//! finding still reproduces; exits with 1 if one no longer does (say, after
-//! a yrs upgrade), so that the note in `fuzz/known/README.md` gets updated.
+//! Replays two findings of `fuzz/known/` with the yrs Folio builds against
+//! (the patched copy in `patches/yrs`; no Folio code), from their raw Yjs v1
+//! updates: `cargo run --manifest-path fuzz/Cargo.toml --example known`.
+//! Prints what happens and each finding's state; exits with 1 if either
+//! state changes (say, after a yrs upgrade or dropping the patch), so that
+//! the note in `fuzz/known/README.md` gets updated.
 //!
-//! - `panic-base.bin` then `panic-update.bin`: `apply_update` panics
+//! - `panic-base.bin` then `panic-update.bin` (finding 5, refused by Folio's
+//!   `update_check` before yrs sees it): `apply_update` panics
 //!   (`unreachable!()` in `BlockSet::exclude`); the same update on an empty
-//!   document applies.
-//! - `origins-base.bin` then `origins-update.bin`: accepted, but the
-//!   document that applied it and a client that joins from its state (or a
-//!   reload from a snapshot taken after it) have different texts.
+//!   document applies. Expected: reproduces.
+//! - `origins-base.bin` then `origins-update.bin` (finding 4): published
+//!   yrs 0.28.1 accepts it, and the document that applied it and a client
+//!   that joins from its state have different texts. The patched yrs
+//!   refuses it with `UpdateError::ReversedOrigins`. Expected: fixed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -30,11 +33,11 @@ fn main() {
     let panic = yrs_panic(&dir);
     let origins = origins(&dir);
     println!(
-        "\npanic finding: {}\norigins finding: {}",
+        "\npanic finding (5, refused in Folio): {}\norigins finding (4, fixed in patches/yrs): {}",
         verdict(panic),
         verdict(origins)
     );
-    if !(panic && origins) {
+    if !panic || origins {
         std::process::exit(1);
     }
 }
@@ -43,7 +46,7 @@ fn verdict(reproduced: bool) -> &'static str {
     if reproduced {
         "reproduces"
     } else {
-        "NO LONGER REPRODUCES"
+        "does not reproduce (fixed)"
     }
 }
 

@@ -12,6 +12,6 @@ mod update_check;
 
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
 pub use peer::{DropReason, Outbound, OutboundRx, Peer, QueueMeter, SendError, Wire};
-pub use registry::{DocInfo, DocRegistry, Initial, RegistryError};
+pub use registry::{DocInfo, DocRegistry, IfDeleted, Initial, RegistryError};
 pub(crate) use shard::{decode_guarded, new_doc};
 pub use shard::{Applied, DocShard, ShardError, ShardSettings, CLOSE_DOC_RELOADED, TEXT_NAME};

@@ -24,7 +24,8 @@ use crate::feed::FeedHub;
 use crate::history::retention::{self, CompactStats, RetentionPolicy};
 use crate::history::HistoryError;
 use crate::store::{
-    now_ms, DocMeta, DocStore, StoreError, StoreWriter, Version, VersionKind, WriteFailed, WriteOp,
+    now_ms, DocMeta, DocStore, StoreError, StoreWriter, Tombstone, Version, VersionKind,
+    WriteFailed, WriteOp,
 };
 
 /// Times a lookup retries when it finds a shard that just closed. Closing
@@ -47,6 +48,9 @@ pub enum RegistryError {
     AlreadyExists(DocId),
     #[error("document {0} is being deleted; try again")]
     Deleting(DocId),
+    /// The document was deleted and its tombstone keeps it so.
+    #[error("document {0} was deleted")]
+    Deleted(DocId),
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error("write failed: {0}")]
@@ -75,6 +79,16 @@ struct Slot {
     /// registry started: with the shard's idle time, its recency for LRU
     /// eviction.
     last_used_ms: AtomicU64,
+}
+
+/// What [`DocRegistry::create`] does with a deleted document's tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfDeleted {
+    /// Refuse with [`RegistryError::Deleted`] (a copy onto the id, say).
+    Refuse,
+    /// Remove the tombstone and create the document afresh (an explicit
+    /// `PUT /docs/{id}` by someone with write rights on the id).
+    Revive,
 }
 
 /// A document as listed by `GET /docs`.
@@ -195,7 +209,7 @@ impl DocRegistry {
             return Err(RegistryError::Deleting(id.clone()));
         }
         if !create && self.resident_shard(id).is_none() && !self.exists_on_disk(id).await? {
-            return Err(RegistryError::NotFound(id.clone()));
+            return Err(self.missing(id).await?);
         }
         for _ in 0..MAX_LOOKUP_RETRIES {
             // Checked before the slot exists, so a refused load leaves
@@ -272,6 +286,30 @@ impl DocRegistry {
         Ok(())
     }
 
+    /// The error for `id` not existing: [`RegistryError::Deleted`] if a
+    /// tombstone keeps it deleted, else [`RegistryError::NotFound`].
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn missing(&self, id: &DocId) -> Result<RegistryError, RegistryError> {
+        Ok(match self.tombstone(id).await? {
+            Some(_) => RegistryError::Deleted(id.clone()),
+            None => RegistryError::NotFound(id.clone()),
+        })
+    }
+
+    /// The tombstone of `id`, if it was deleted.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn tombstone(&self, id: &DocId) -> Result<Option<Tombstone>, RegistryError> {
+        let (store, key) = (self.store.clone(), id.clone());
+        tokio::task::spawn_blocking(move || store.tombstone(&key))
+            .await
+            .map_err(|e| RegistryError::Join(e.to_string()))?
+            .map_err(RegistryError::from)
+    }
+
     async fn exists_on_disk(&self, id: &DocId) -> Result<bool, RegistryError> {
         Ok(self.meta(id).await?.is_some())
     }
@@ -298,9 +336,17 @@ impl DocRegistry {
             .map_err(|_| ShardError::ShuttingDown)?;
         let store = self.store.clone();
         let key = id.clone();
-        let stored = tokio::task::spawn_blocking(move || store.load(&key))
-            .await
-            .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let (tombstone, stored) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.tombstone(&key)?, store.load(&key)?))
+        })
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        // A deleted document stays deleted: no client brings it back by
+        // subscribing or pushing its copy. Only `create` with
+        // `IfDeleted::Revive` removes the tombstone (before this load).
+        if tombstone.is_some() {
+            return Err(RegistryError::Deleted(id.clone()));
+        }
         // A delete that started while we read: what we read is going away.
         if self.deleting.contains_key(id) {
             return Err(RegistryError::Deleting(id.clone()));
@@ -335,10 +381,11 @@ impl DocRegistry {
 
     /// Creates `id` with `initial` content authored by `author`, and a first
     /// version of `kind` labelled `label`. Answers once all of it is durable.
+    /// A deleted id is refused or revived as `if_deleted` says.
     ///
     /// # Errors
     /// [`RegistryError::AlreadyExists`] if the document exists (or got
-    /// content meanwhile); storage failures.
+    /// content meanwhile); [`RegistryError::Deleted`]; storage failures.
     pub async fn create(
         &self,
         id: &DocId,
@@ -346,9 +393,25 @@ impl DocRegistry {
         author: &str,
         kind: VersionKind,
         label: String,
+        if_deleted: IfDeleted,
     ) -> Result<Arc<DocShard>, RegistryError> {
         if self.exists(id).await? {
             return Err(RegistryError::AlreadyExists(id.clone()));
+        }
+        if self.tombstone(id).await?.is_some() {
+            if if_deleted == IfDeleted::Refuse {
+                return Err(RegistryError::Deleted(id.clone()));
+            }
+            let permit = self
+                .writer
+                .reserve()
+                .await
+                .map_err(|_| ShardError::ShuttingDown)?;
+            permit
+                .send(WriteOp::Revive { doc: id.clone() })
+                .await
+                .map_err(|_| ShardError::ShuttingDown)??;
+            tracing::info!(doc = %id, "deleted document re-created");
         }
         let shard = self.get(id, true).await?;
         let exists = |e: ShardError| match e {
@@ -386,14 +449,16 @@ impl DocRegistry {
     }
 
     /// Deletes `id`: closes its shard (subscribers are told), removes every
-    /// record, and answers once that is durable. Loads of `id` fail with
-    /// [`RegistryError::Deleting`] meanwhile.
+    /// record, leaves a tombstone naming `by` (who deleted it), and answers
+    /// once that is durable. Loads of `id` fail with
+    /// [`RegistryError::Deleting`] meanwhile, and with
+    /// [`RegistryError::Deleted`] after.
     ///
     /// # Errors
-    /// Not found, a delete already running, storage failures.
-    pub async fn delete(&self, id: &DocId) -> Result<(), RegistryError> {
+    /// Not found, already deleted, a delete already running, storage failures.
+    pub async fn delete(&self, id: &DocId, by: &str) -> Result<(), RegistryError> {
         if !self.exists(id).await? {
-            return Err(RegistryError::NotFound(id.clone()));
+            return Err(self.missing(id).await?);
         }
         if self.deleting.insert(id.clone(), ()).is_some() {
             return Err(RegistryError::Deleting(id.clone()));
@@ -407,7 +472,11 @@ impl DocRegistry {
                 .map_err(|_| ShardError::ShuttingDown)?;
             // Queued after every update the closed shard accepted.
             permit
-                .send(WriteOp::Delete { doc: id.clone() })
+                .send(WriteOp::Delete {
+                    doc: id.clone(),
+                    by: by.to_owned(),
+                    time_ms: now_ms(),
+                })
                 .await
                 .map_err(|_| ShardError::ShuttingDown)??;
             // A load that raced the first close.

@@ -1795,6 +1795,51 @@ mod tests {
         assert_eq!(shard.info().last_seq, 0);
     }
 
+    /// Fuzz finding 4 (`fuzz/known/origins-*.bin`): client 2's "X" with
+    /// left origin the "c" and right origin the "b" of client 1's "abc" was
+    /// accepted; the shard then read "aXbc" and a client joining from its
+    /// state "abcX", for good. The patched yrs (`patches/yrs`) refuses it
+    /// before splitting any block, so nothing changes and nothing is sent.
+    #[tokio::test]
+    async fn an_update_whose_left_origin_follows_its_right_origin_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir.path()).expect("open"));
+        let (writer, _thread) = StoreWriter::start(store.clone(), 16).expect("writer");
+        let shard = load_shard(&store, &writer);
+        let (watcher, mut rx) = Peer::channel(3, Wire::Folio, 1 << 20);
+        shard.subscribe(&watcher, "w", &[]).expect("subscribe");
+        let base = include_bytes!("../../fuzz/known/origins-base.bin");
+        let applied = shard
+            .apply_update(Bytes::from_static(base), "t", None)
+            .await
+            .expect("the base applies");
+        assert!(applied.durable.await.expect("completed").is_ok());
+        let state_before = shard.full_state();
+        while rx.try_recv().is_some() {}
+        let reversed = include_bytes!("../../fuzz/known/origins-update.bin");
+        let refused = shard
+            .apply_update(Bytes::from_static(reversed), "mallory", None)
+            .await;
+        // A joiner from the full state reads what the shard reads.
+        let joiner = Doc::new();
+        let state = Update::decode_v1(&shard.full_state()).expect("decodes");
+        joiner.transact_mut().apply_update(state).expect("applies");
+        let joiner_text = joiner.get_or_insert_text(TEXT_NAME);
+        assert_eq!(joiner_text.get_string(&joiner.transact()), shard.text());
+        assert!(
+            matches!(&refused, Err(ShardError::InvalidUpdate(r)) if r.contains("right origin")),
+            "{refused:?}"
+        );
+        assert_eq!(
+            ShardError::InvalidUpdate(String::new()).code(),
+            ErrorCode::InvalidUpdate
+        );
+        assert_undisturbed(&shard, &watcher, "abc", 1);
+        assert_eq!(shard.full_state(), state_before);
+        assert!(rx.try_recv().is_none(), "nothing relayed");
+        assert_eq!(load_shard(&store, &writer).text(), "abc");
+    }
+
     /// A presence under a client id JavaScript cannot read would break
     /// every JS client it is relayed to; it is refused and not relayed.
     #[tokio::test]

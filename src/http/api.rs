@@ -17,7 +17,7 @@ use super::{ApiError, AppState};
 use yrs::updates::decoder::Decode;
 
 use crate::auth::{Action, Principal};
-use crate::doc::{decode_guarded, DocId, Initial, ShardError};
+use crate::doc::{decode_guarded, DocId, IfDeleted, Initial, ShardError};
 use crate::history;
 use crate::store::VersionKind;
 
@@ -98,7 +98,14 @@ pub async fn create_doc(
     };
     let shard = app
         .registry
-        .create(&doc, initial, &author, VersionKind::Import, String::new())
+        .create(
+            &doc,
+            initial,
+            &author,
+            VersionKind::Import,
+            String::new(),
+            IfDeleted::Revive,
+        )
         .await?;
     let info = shard.info();
     Ok((
@@ -115,7 +122,8 @@ pub async fn delete_doc(
 ) -> Result<impl IntoResponse, ApiError> {
     let doc = DocId::parse(&id)?;
     principal.require(Action::Admin, &doc)?;
-    app.registry.delete(&doc).await?;
+    let by = principal.sub().unwrap_or("anonymous");
+    app.registry.delete(&doc, by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -164,6 +172,7 @@ pub async fn copy_doc(
             "copy",
             VersionKind::Copy,
             label,
+            IfDeleted::Refuse,
         )
         .await?;
     Ok((

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::doc::{DocIdError, RegistryError, ShardError};
+use crate::doc::{DocId, DocIdError, RegistryError, ShardError};
 use crate::history::HistoryError;
 
 /// An HTTP error: status, a stable machine code and a message for people.
@@ -29,6 +29,15 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
         }
+    }
+
+    /// 410 Gone: `doc` was deleted and stays so until re-created by `PUT`.
+    pub fn deleted(doc: &DocId) -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "doc_deleted",
+            format!("document {doc} was deleted; PUT /docs/{doc} creates it anew"),
+        )
     }
 
     /// The same error, telling the client to retry after `secs` seconds.
@@ -98,6 +107,7 @@ impl From<RegistryError> for ApiError {
                 "doc_not_found",
                 format!("document {doc} does not exist"),
             ),
+            RegistryError::Deleted(doc) => Self::deleted(&doc),
             RegistryError::Shard(shard) => shard.into(),
             RegistryError::History(e) => e.into(),
             RegistryError::AlreadyExists(doc) => Self::new(

@@ -50,17 +50,22 @@ pub(super) async fn read<T: Send + 'static>(
         .await
         .map_err(|_| ApiError::from(ShardError::ShuttingDown))?;
     let store = app.registry.store().clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "history task failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?
-        .map_err(ApiError::from)
+    tokio::task::spawn_blocking(move || match f(store.as_ref()) {
+        // A deleted document's history is gone, and says so (410).
+        Err(HistoryError::DocNotFound(doc)) if matches!(store.tombstone(&doc), Ok(Some(_))) => {
+            Err(ApiError::deleted(&doc))
+        }
+        other => other.map_err(ApiError::from),
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "history task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?
 }
 
 fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {

@@ -75,8 +75,17 @@ pub enum WriteOp {
         snapshot: Snapshot,
         version: Version,
     },
-    /// Remove every record of a document.
-    Delete { doc: DocId },
+    /// Remove every record of a document and leave a [`Tombstone`] in
+    /// their place, in one transaction.
+    Delete {
+        doc: DocId,
+        /// Who deleted it: the token's `sub`, or `anonymous`.
+        by: String,
+        time_ms: i64,
+    },
+    /// Remove a document's [`Tombstone`], so that it can be created again
+    /// (an explicit re-creation by someone allowed to write it).
+    Revive { doc: DocId },
     /// Retention: replace runs of log entries by merged ones and drop
     /// versions (with their snapshots). See [`crate::history::retention`].
     Compact {
@@ -172,11 +181,47 @@ pub trait DocStore: Send + Sync + 'static {
     /// I/O or decoding failures.
     fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError>;
 
+    /// The tombstone of a deleted document, if it has one.
+    ///
+    /// # Errors
+    /// I/O or decoding failures.
+    fn tombstone(&self, doc: &DocId) -> Result<Option<Tombstone>, StoreError>;
+
     /// Bytes the backend occupies on disk, for metrics and benchmarks.
     ///
     /// # Errors
     /// I/O failures.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// What a deleted document leaves behind: while it exists, the id stays
+/// deleted (no client can bring the document back by pushing its copy);
+/// only [`WriteOp::Revive`] removes it. Retention never touches it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Tombstone {
+    /// When the document was deleted, in milliseconds since the Unix epoch.
+    pub deleted_ms: i64,
+    /// Who deleted it: the token's `sub`, or `anonymous`.
+    pub by: String,
+}
+
+impl Tombstone {
+    /// The stored form: `deleted_ms` as 8 big-endian bytes, then `by` in UTF-8.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.by.len());
+        v.extend_from_slice(&self.deleted_ms.to_be_bytes());
+        v.extend_from_slice(self.by.as_bytes());
+        v
+    }
+
+    /// Parses [`Tombstone::encode`]'s form; `None` if it is not that.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (ms, by) = bytes.split_at_checked(8)?;
+        Some(Self {
+            deleted_ms: i64::from_be_bytes(ms.try_into().ok()?),
+            by: String::from_utf8(by.to_vec()).ok()?,
+        })
+    }
 }
 
 /// How much of the store one document takes (keys and values, before

@@ -3,7 +3,7 @@
 //! Trees: `docs` (id → [`DocMeta`]), `log` (id 0x00 seq → [`LogEntry`]),
 //! `snapshots` (id 0x00 seq → [`Snapshot`]) and `versions` (id 0x00 seq →
 //! [`Version`]), with `seq` big-endian so a prefix scan returns a document's
-//! records in order. Doc ids never contain NUL, so
+//! records in order; `tombstones` (id → [`Tombstone`]) for deleted documents. Doc ids never contain NUL, so
 //! no id's keys can run into another's.
 
 use std::collections::HashMap;
@@ -16,7 +16,8 @@ use prost::Message;
 use sled::Transactional;
 
 use super::{
-    DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Version, WriteOp,
+    DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Tombstone, Version,
+    WriteOp,
 };
 use crate::doc::DocId;
 
@@ -28,6 +29,7 @@ pub struct SledStore {
     log: sled::Tree,
     snapshots: sled::Tree,
     versions: sled::Tree,
+    tombstones: sled::Tree,
     dir: PathBuf,
     _lock: File,
 }
@@ -129,16 +131,18 @@ impl SledStore {
             log: db.open_tree("log")?,
             snapshots: db.open_tree("snapshots")?,
             versions: db.open_tree("versions")?,
+            tombstones: db.open_tree("tombstones")?,
             db,
             dir: dir.to_owned(),
             _lock: lock,
         })
     }
 
-    /// Removes every record of `doc` in one sled transaction (not yet
-    /// flushed), so a crash leaves the document whole or gone, never a
-    /// history without its summary or the other way round.
-    fn delete_records(&self, doc: &DocId) -> Result<(), StoreError> {
+    /// Removes every record of `doc` and leaves `tombstone` in one sled
+    /// transaction (not yet flushed), so a crash leaves the document whole
+    /// or gone with its tombstone, never a history without its summary, or
+    /// a deleted document without the tombstone that keeps it deleted.
+    fn delete_records(&self, doc: &DocId, tombstone: &Tombstone) -> Result<(), StoreError> {
         let keys = |tree: &sled::Tree| -> Result<Vec<sled::IVec>, StoreError> {
             Ok(tree
                 .range(prefix(doc)..end_of(doc))
@@ -150,8 +154,15 @@ impl SledStore {
             keys(&self.snapshots)?,
             keys(&self.versions)?,
         );
-        (&self.log, &self.snapshots, &self.versions, &self.docs)
-            .transaction(|(log_tx, snap_tx, ver_tx, docs_tx)| {
+        let tombstone = tombstone.encode();
+        (
+            &self.log,
+            &self.snapshots,
+            &self.versions,
+            &self.docs,
+            &self.tombstones,
+        )
+            .transaction(|(log_tx, snap_tx, ver_tx, docs_tx, tomb_tx)| {
                 for k in &log {
                     log_tx.remove(k)?;
                 }
@@ -162,6 +173,7 @@ impl SledStore {
                     ver_tx.remove(k)?;
                 }
                 docs_tx.remove(doc.as_str())?;
+                tomb_tx.insert(doc.as_str(), tombstone.as_slice())?;
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
@@ -184,9 +196,11 @@ impl SledStore {
 /// Writes gathered from a run of ops, one batch per tree. Whatever a crash
 /// between two batches leaves, a version never lacks its state: removed
 /// versions go before their snapshots, new snapshots before their versions.
-/// Metas go last, so a listed document has its records.
+/// Metas go last, so a listed document has its records. Revived documents'
+/// tombstones go first: a crash after them leaves the id simply absent.
 #[derive(Default)]
 struct Pending {
+    revive: sled::Batch,
     log: sled::Batch,
     drop_versions: sled::Batch,
     snapshots: sled::Batch,
@@ -196,6 +210,7 @@ struct Pending {
 
 impl Pending {
     fn apply(self, store: &SledStore) -> Result<(), StoreError> {
+        store.tombstones.apply_batch(self.revive)?;
         store.log.apply_batch(self.log)?;
         store.versions.apply_batch(self.drop_versions)?;
         store.snapshots.apply_batch(self.snapshots)?;
@@ -252,11 +267,19 @@ impl DocStore for SledStore {
                 | WriteOp::Append { doc, .. }
                 | WriteOp::Snapshot { doc, .. }
                 | WriteOp::Compact { doc, .. } => doc,
-                WriteOp::Delete { doc } => {
+                WriteOp::Delete { doc, by, time_ms } => {
                     // Apply what came before, so the prefix scans below
                     // see (and remove) it too.
                     std::mem::take(&mut batch).apply(self)?;
-                    self.delete_records(doc)?;
+                    let tombstone = Tombstone {
+                        deleted_ms: *time_ms,
+                        by: by.clone(),
+                    };
+                    self.delete_records(doc, &tombstone)?;
+                    continue;
+                }
+                WriteOp::Revive { doc } => {
+                    batch.revive.remove(doc.as_str());
                     continue;
                 }
                 WriteOp::Barrier => continue,
@@ -323,7 +346,7 @@ impl DocStore for SledStore {
                         batch.snapshots.remove(key(doc, *seq));
                     }
                 }
-                WriteOp::Delete { .. } | WriteOp::Barrier => {}
+                WriteOp::Delete { .. } | WriteOp::Revive { .. } | WriteOp::Barrier => {}
             }
         }
         batch.apply(self)?;
@@ -434,6 +457,16 @@ impl DocStore for SledStore {
 
     fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, StoreError> {
         self.read_meta(doc)
+    }
+
+    fn tombstone(&self, doc: &DocId) -> Result<Option<Tombstone>, StoreError> {
+        self.tombstones
+            .get(doc.as_str())?
+            .map(|v| {
+                Tombstone::decode(&v)
+                    .ok_or_else(|| corrupt(doc.as_str().as_bytes(), "bad tombstone"))
+            })
+            .transpose()
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

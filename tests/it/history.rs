@@ -200,12 +200,12 @@ async fn documents_are_created_copied_deleted_and_listed_in_pages() {
         let (status, err) = get(&server, path).await;
         assert_eq!(
             (status, &err["error"]["code"]),
-            (404, &json!("doc_not_found")),
+            (410, &json!("doc_deleted")),
             "{path}"
         );
     }
     let (status, _) = json_request(Method::DELETE, server.url("/docs/notes"), None).await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 410);
     assert_eq!(
         server.text("notes-now").await,
         "hello world",
@@ -573,4 +573,123 @@ async fn sigkill_during_compaction_loses_no_acknowledged_state_or_label() {
         .status()
         .expect("run folio check");
     assert!(status.success(), "folio check after the crashes");
+}
+
+/// A deleted document stays deleted: a y-websocket client that reconnects
+/// and pushes its copy is closed with 4004, a /ws client that resubscribes
+/// with its state is refused, REST answers 410, across a restart; only a
+/// `PUT` re-creates it, and then editing works.
+#[tokio::test]
+async fn deleted_documents_stay_deleted_until_put() {
+    use crate::yjs::{yjs_url, YClient};
+    use folio::client::ClientError;
+    use folio::protocol::ysync;
+    use yrs::{ReadTxn, StateVector, Transact};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(dir.path()).await;
+    let put = |server: &TestServer, body: Value| {
+        json_request(Method::PUT, server.url("/docs/gone"), Some(body))
+    };
+    let (status, made) = put(&server, json!({ "text": "hello" })).await;
+    assert_eq!(status, 201, "{made}");
+    let mut y = YClient::join(&yjs_url(server.addr, "gone")).await;
+    y.pump_until("the text", |c| c.text() == "hello").await;
+    let mut editor = Editor::join(&server.ws_url(), "gone", "ed")
+        .await
+        .expect("join");
+
+    let (status, _) = json_request(Method::DELETE, server.url("/docs/gone"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(y.closed().await.0, 4004);
+    let told = loop {
+        if let Event::Error(e) = editor.pump().await.expect("the deleted document's error") {
+            break e;
+        }
+    };
+    assert_eq!(told.code, ErrorCode::DocDeleted as i32);
+
+    // The /ws client resubscribes with its state: refused.
+    match editor.resubscribe().await {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::DocDeleted as i32),
+        other => panic!("resubscribe to a deleted document: {other:?}"),
+    }
+    // The provider reconnects and pushes its copy, as y-websocket does.
+    let doc = y.doc;
+    let mut again = YClient::open(&yjs_url(server.addr, "gone"), doc.clone()).await;
+    again.send_step1().await;
+    let state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    again.send(ysync::update(&state)).await;
+    assert_eq!(again.closed().await.0, 4004);
+
+    let gone = |server: &TestServer| {
+        let server_url = server.url("/");
+        async move {
+            for path in ["docs/gone/text", "docs/gone/state", "docs/gone/versions"] {
+                let (status, err) =
+                    json_request(Method::GET, format!("{server_url}{path}"), None).await;
+                assert_eq!(
+                    (status, &err["error"]["code"]),
+                    (410, &json!("doc_deleted")),
+                    "{path}"
+                );
+            }
+            let (_, listing) = json_request(Method::GET, format!("{server_url}docs"), None).await;
+            let listed = listing["docs"].as_array().expect("docs");
+            assert!(
+                listed.iter().all(|d| d["id"] != "gone"),
+                "a deleted document is not listed: {listing}"
+            );
+        }
+    };
+    gone(&server).await;
+    // Pushing an update over REST: refused, nothing created.
+    let resp = reqwest::Client::new()
+        .post(server.url("/docs/gone/update"))
+        .body(state.clone())
+        .send()
+        .await
+        .expect("post update");
+    assert_eq!(resp.status().as_u16(), 410);
+    let (status, _) = json_request(
+        Method::PUT,
+        server.url("/docs/src"),
+        Some(json!({ "text": "src" })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, err) = post(&server, "/docs/src/copy", json!({ "to": "gone" })).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (410, &json!("doc_deleted"))
+    );
+    server.stop().await;
+
+    // A restart keeps the tombstone.
+    let server = TestServer::start(dir.path()).await;
+    gone(&server).await;
+    let mut late = YClient::open(&yjs_url(server.addr, "gone"), doc.clone()).await;
+    late.send_step1().await;
+    late.send(ysync::update(&state)).await;
+    assert_eq!(late.closed().await.0, 4004);
+    let (status, err) = json_request(Method::DELETE, server.url("/docs/gone"), None).await;
+    assert_eq!(
+        (status, &err["error"]["code"]),
+        (410, &json!("doc_deleted"))
+    );
+
+    // Only PUT re-creates it, fresh; then editing works.
+    let (status, made) = put(&server, json!({ "text": "fresh" })).await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(server.text("gone").await, "fresh");
+    let mut y = YClient::join(&yjs_url(server.addr, "gone")).await;
+    y.pump_until("the new text", |c| c.text() == "fresh").await;
+    y.type_at(5, "!").await;
+    crate::support::eventually("the edit", || async {
+        (server.text("gone").await == "fresh!").then_some(())
+    })
+    .await;
+    server.stop().await;
 }

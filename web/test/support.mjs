@@ -98,11 +98,14 @@ export async function startServer (dataDir, { addr = '127.0.0.1:0', args = [] } 
   }
 }
 
-/** The server's text of `doc` (read with `token` if given), or null if it has no such document. */
+/**
+ * The server's text of `doc` (read with `token` if given), or null if it has no such
+ * document: 404, or 410 for a deleted one (its tombstone keeps it deleted).
+ */
 export async function serverText (server, doc, token) {
   const headers = token ? { authorization: `Bearer ${token}` } : {}
   const resp = await fetch(`${server.http}/docs/${encodeURIComponent(doc)}/text`, { headers })
-  if (resp.status === 404) return null
+  if (resp.status === 404 || resp.status === 410) return null
   if (!resp.ok) throw new Error(`GET text of ${doc}: HTTP ${resp.status}`)
   return resp.text()
 }

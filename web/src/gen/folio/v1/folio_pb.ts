@@ -860,8 +860,9 @@ export enum ErrorCode {
   INTERNAL = 16,
 
   /**
-   * The document was deleted (DELETE /docs/{id}): the subscription has ended.
-   * Subscribing again starts a new, empty document of that id.
+   * The document was deleted (DELETE /docs/{id}): the subscription has ended,
+   * and a Subscribe to it is refused with this code. It stays deleted (a
+   * tombstone survives restarts) until re-created by PUT /docs/{id}.
    *
    * @generated from enum value: ERROR_CODE_DOC_DELETED = 17;
    */
