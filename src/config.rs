@@ -378,9 +378,10 @@ mod tests {
 
     #[test]
     fn trusted_proxies_are_cidrs_or_addresses() {
-        let parsed = Cli::try_parse_from(["folio", "--trusted-proxies", "10.1.2.3/8, 192.0.2.1,::1"])
-            .expect("parse")
-            .serve;
+        let parsed =
+            Cli::try_parse_from(["folio", "--trusted-proxies", "10.1.2.3/8, 192.0.2.1,::1"])
+                .expect("parse")
+                .serve;
         let want: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]
             .iter()
             .map(|n| n.parse().expect("cidr"))

@@ -175,8 +175,15 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_says() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4")]);
-        assert_eq!(client_ip(ip("192.0.2.9"), &h, &nets(&["10.0.0.0/8"])), ip("192.0.2.9"));
-        assert_eq!(client_ip(ip(PROXY), &h, &[]), ip(PROXY), "nothing trusted by default");
+        assert_eq!(
+            client_ip(ip("192.0.2.9"), &h, &nets(&["10.0.0.0/8"])),
+            ip("192.0.2.9")
+        );
+        assert_eq!(
+            client_ip(ip(PROXY), &h, &[]),
+            ip(PROXY),
+            "nothing trusted by default"
+        );
     }
 
     #[test]
@@ -186,7 +193,10 @@ mod tests {
 
     #[test]
     fn x_forwarded_for_gives_the_right_most_untrusted_hop() {
-        assert_eq!(resolve(&[("x-forwarded-for", "203.0.113.7")]), ip("203.0.113.7"));
+        assert_eq!(
+            resolve(&[("x-forwarded-for", "203.0.113.7")]),
+            ip("203.0.113.7")
+        );
         // The client wrote 6.6.6.6 itself; 203.0.113.7 reached a proxy of ours.
         let chain = [("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1")];
         assert_eq!(resolve(&chain), ip("203.0.113.7"));
@@ -197,18 +207,27 @@ mod tests {
         ];
         assert_eq!(resolve(&lines), ip("203.0.113.7"));
         // Every hop trusted: the left-most.
-        assert_eq!(resolve(&[("x-forwarded-for", "10.2.2.2, 10.1.1.1")]), ip("10.2.2.2"));
+        assert_eq!(
+            resolve(&[("x-forwarded-for", "10.2.2.2, 10.1.1.1")]),
+            ip("10.2.2.2")
+        );
         // Ports and IPv6, bracketed or bare.
         let ports = [("x-forwarded-for", "[2001:db8::1]:443, 198.51.100.2:80")];
         assert_eq!(resolve(&ports), ip("198.51.100.2"));
-        assert_eq!(resolve(&[("x-forwarded-for", "2001:db8::1")]), ip("2001:db8::1"));
+        assert_eq!(
+            resolve(&[("x-forwarded-for", "2001:db8::1")]),
+            ip("2001:db8::1")
+        );
     }
 
     #[test]
     fn forwarded_gives_the_right_most_untrusted_for() {
         let h = [("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")];
         assert_eq!(resolve(&h), ip("192.0.2.60"));
-        let v6 = [("forwarded", r#"for="[2001:db8:cafe::17]:4711", For=10.1.1.1"#)];
+        let v6 = [(
+            "forwarded",
+            r#"for="[2001:db8:cafe::17]:4711", For=10.1.1.1"#,
+        )];
         assert_eq!(resolve(&v6), ip("2001:db8:cafe::17"));
         let quoted = [("forwarded", r#"for="198.51.100.17:8080";host="a,b;c""#)];
         assert_eq!(resolve(&quoted), ip("198.51.100.17"));
@@ -218,7 +237,10 @@ mod tests {
         ];
         assert_eq!(resolve(&lines), ip("2001:db8::2"));
         // Forwarded wins over X-Forwarded-For.
-        let both = [("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=192.0.2.1")];
+        let both = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=192.0.2.1"),
+        ];
         assert_eq!(resolve(&both), ip("192.0.2.1"));
     }
 
