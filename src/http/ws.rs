@@ -52,7 +52,10 @@ pub async fn upgrade(
         // Everything logged while serving this socket (session, shards,
         // loads) carries its id; one span per connection, none per message.
         let ip = permit.as_ref().and_then(|Extension(p)| p.ip());
-        let span = tracing::info_span!("ws", conn = id, ip = ?ip);
+        let span = tracing::info_span!("ws", conn = id, ip = tracing::field::Empty);
+        if let Some(ip) = ip {
+            span.record("ip", tracing::field::display(ip));
+        }
         let tracker = app.connections.clone();
         tracker.track_future(
             async move {

@@ -64,7 +64,10 @@ pub async fn upgrade(
             let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
             // One span per connection (its one document), none per message.
             let ip = permit.as_ref().and_then(|Extension(p)| p.ip());
-            let span = tracing::info_span!("yws", conn = id, %doc, ip = ?ip);
+            let span = tracing::info_span!("yws", conn = id, %doc, ip = tracing::field::Empty);
+            if let Some(ip) = ip {
+                span.record("ip", tracing::field::display(ip));
+            }
             let tracker = app.connections.clone();
             tracker.track_future(
                 async move {

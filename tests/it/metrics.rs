@@ -166,7 +166,10 @@ async fn log_lines_carry_the_connection_and_document_ids() {
         .expect("y-websocket connects");
     let line = eventually(
         "the y-websocket connection's log line",
-        has(&["doc=traced-yjs}", "y-websocket connection open"]),
+        has(&[
+            "doc=traced-yjs ip=127.0.0.1}",
+            "y-websocket connection open",
+        ]),
     )
     .await;
     assert!(line.contains("yws{conn="), "{line}");
