@@ -382,11 +382,20 @@ impl YSession {
                     Flow::Continue
                 }
                 Inbound::SyncStep2(update) => {
-                    let flow = self.apply(frame.slice(update)).await;
+                    // The answer to our step 1 is the recovery of whatever
+                    // the rate limit dropped: never dropped itself, or a
+                    // client typing over the rate would starve it. One per
+                    // step 1 sent, so it is no way around the limit.
+                    let check = if self.step2_due {
+                        RateCheck::Exempt
+                    } else {
+                        RateCheck::Apply
+                    };
+                    let flow = self.apply(frame.slice(update), check).await;
                     self.step2_due = false;
                     flow
                 }
-                Inbound::Update(update) => self.apply(frame.slice(update)).await,
+                Inbound::Update(update) => self.apply(frame.slice(update), RateCheck::Apply).await,
                 Inbound::Awareness(update) => self.awareness(frame.slice(update)).await,
                 Inbound::QueryAwareness => {
                     deferred.query_awareness = true;
@@ -450,7 +459,7 @@ impl YSession {
         self.subscribe(&[]).await
     }
 
-    async fn apply(&mut self, update: Bytes) -> Flow {
+    async fn apply(&mut self, update: Bytes, check: RateCheck) -> Flow {
         if let flow @ Flow::Close(..) = self.ensure_subscribed().await {
             return flow;
         }
@@ -463,11 +472,13 @@ impl YSession {
         if !self.can_write {
             return self.refuse_read_only().await;
         }
-        if let Err(wait) = self.rates.check(rate::Kind::Update) {
-            // y-protocols have no error message: drop it, and ask for it
-            // back (step 1) once the bucket refills.
-            self.rate_limited(rate::Kind::Update, wait);
-            return Flow::Continue;
+        if check == RateCheck::Apply {
+            if let Err(wait) = self.rates.check(rate::Kind::Update) {
+                // y-protocols have no error message: drop it, and ask for it
+                // back (step 1) once the bucket refills.
+                self.rate_limited(rate::Kind::Update, wait);
+                return Flow::Continue;
+            }
         }
         match shard
             .apply_update(update, &self.author, Some(self.peer.id()))
@@ -668,6 +679,14 @@ impl YSession {
 }
 
 /// A close with `reason` cut to what a close frame can carry.
+/// Whether an update takes a token from the connection's update bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateCheck {
+    Apply,
+    /// The step 2 that answers our own step 1.
+    Exempt,
+}
+
 pub(crate) fn close_with(code: u16, reason: impl Into<String>) -> Flow {
     let mut reason = reason.into();
     if reason.len() > MAX_CLOSE_REASON_BYTES {

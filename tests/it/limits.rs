@@ -586,6 +586,53 @@ async fn yjs_updates_past_the_rate_are_dropped_then_recovered_by_a_resync() {
 }
 
 #[tokio::test]
+async fn yjs_a_client_typing_over_the_rate_still_gets_the_dropped_updates_in() {
+    use yrs::sync::{Message as YMessage, SyncMessage};
+    use yrs::updates::decoder::Decode;
+    use yrs::ReadTxn;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.limits.updates_per_sec = 1;
+        c.limits.update_burst = 2;
+    })
+    .await;
+    let url = yjs_url(server.addr, "ystarved");
+    let mut y = YClient::join(&url).await;
+    y.settle().await;
+    for word in ["one ", "two ", "three ", "four "] {
+        let len = y.text().encode_utf16().count() as u32;
+        y.type_at(len, word).await;
+    }
+    // Each time the server asks (step 1) for what it dropped, the client
+    // first types once more, taking the token the bucket has just refilled,
+    // and only then answers: the answer must get in all the same, or a
+    // client that keeps typing never catches up.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut asked = 0;
+    while server_text(&server, "ystarved").await != y.text() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped updates never got in ({asked} step 1s answered)"
+        );
+        let frame = match tokio::time::timeout(Duration::from_millis(100), y.ws.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(Message::Binary(frame)))) => frame,
+            Ok(other) => panic!("connection ended: {other:?}"),
+        };
+        if let Ok(YMessage::Sync(SyncMessage::SyncStep1(sv))) = YMessage::decode_v1(&frame) {
+            asked += 1;
+            let len = y.text().encode_utf16().count() as u32;
+            y.type_at(len, "x").await;
+            let diff = y.doc.transact().encode_diff_v1(&sv);
+            y.send(folio::protocol::ysync::step2(&diff)).await;
+        }
+    }
+    assert!(asked >= 1, "the server never asked for what it dropped");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_is_resynced_and_the_others_are_unaffected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start_with(dir.path(), |c| {
