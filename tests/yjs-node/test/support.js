@@ -2,11 +2,7 @@
 // `y-websocket` provider to it, and speak Folio's own protobuf protocol on
 // /ws for the mixed-protocol tests. Every wait is bounded.
 
-import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 
 import protobuf from 'protobufjs'
 import WebSocket from 'ws'
@@ -14,102 +10,14 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as awarenessProtocol from 'y-protocols/awareness'
 
-const here = path.dirname(fileURLToPath(import.meta.url))
-const repoRoot = path.resolve(here, '../../..')
+import { repoRoot, PATIENCE_MS, waitFor } from '../../node-support/folio.mjs'
+
+export {
+  folioBin, PATIENCE_MS, runCleanup, serverText, sleep, startServer, tempDir, waitFor, within
+} from '../../node-support/folio.mjs'
 
 /** The root Y.Text every Folio client edits. */
 export const TEXT = 'content'
-
-/** How long any single wait may take before the test fails. */
-export const PATIENCE_MS = 30_000
-
-/** The server binary: $FOLIO_BIN (relative to the cwd) or target/debug/folio. */
-export const folioBin = process.env.FOLIO_BIN
-  ? path.resolve(process.cwd(), process.env.FOLIO_BIN)
-  : path.join(repoRoot, 'target/debug/folio')
-
-export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Polls `check` until it returns a truthy value; throws after `timeoutMs`. */
-export async function waitFor (what, check, timeoutMs = PATIENCE_MS) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await check()
-    if (value) return value
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
-/** A fresh temp dir, removed by `cleanup`. */
-export function tempDir (cleanup) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'folio-yjs-'))
-  cleanup.push(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
-
-const running = new Set()
-// A test that throws still leaves no server behind.
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL')
-})
-
-/**
- * Starts `folio serve` on `dataDir` and resolves once it listens. `addr`
- * defaults to an ephemeral port; pass the old one to restart in place.
- */
-export async function startServer (dataDir, { addr = '127.0.0.1:0', args = [] } = {}) {
-  const child = spawn(folioBin, ['serve', '--addr', addr, '--data-dir', dataDir, ...args], {
-    env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
-    stdio: ['ignore', 'pipe', 'inherit']
-  })
-  running.add(child)
-  child.on('exit', () => running.delete(child))
-  const listening = await new Promise((resolve, reject) => {
-    let buffered = ''
-    const timer = setTimeout(() => reject(new Error('folio did not start listening')), PATIENCE_MS)
-    const onData = (chunk) => {
-      buffered += chunk.toString()
-      for (const line of buffered.split('\n')) {
-        // eslint-disable-next-line no-control-regex
-        const plain = line.replace(/\x1b\[[0-9;]*m/g, '')
-        const found = plain.includes('folio serving') && plain.match(/addr=(\S+)/)
-        if (found) {
-          clearTimeout(timer)
-          child.stdout.off('data', onData)
-          child.stdout.resume() // keep draining, so the child never blocks on a full pipe
-          resolve(found[1])
-          return
-        }
-      }
-    }
-    child.stdout.on('data', onData)
-    child.once('exit', (code) => {
-      clearTimeout(timer)
-      reject(new Error(`folio exited with ${code} before listening`))
-    })
-  })
-  return {
-    addr: listening,
-    http: `http://${listening}`,
-    yjsUrl: `ws://${listening}/yjs`,
-    wsUrl: `ws://${listening}/ws`,
-    child,
-    /** Stops the server with `signal` and waits for it to exit. */
-    async stop (signal = 'SIGTERM') {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill(signal)
-      await within(`folio to exit on ${signal}`, exited)
-    }
-  }
-}
-
-/** The server's text of `doc` (null if it does not exist). */
-export async function serverText (server, doc) {
-  const resp = await fetch(`${server.http}/docs/${encodeURIComponent(doc)}/text`)
-  return resp.ok ? resp.text() : null
-}
 
 /**
  * Waits until everything the server applied so far is durable: y-protocols
@@ -292,22 +200,3 @@ export async function rawYjsSocket (server, doc, cleanup) {
   return { ws, closed }
 }
 
-/** Awaits `promise`, failing after `ms`. */
-export function within (what, promise, ms = PATIENCE_MS) {
-  let timer
-  const timeout = new Promise((resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
-}
-
-/** Runs every cleanup step, newest first, never throwing. */
-export async function runCleanup (cleanup) {
-  while (cleanup.length > 0) {
-    try {
-      await cleanup.pop()()
-    } catch (e) {
-      console.error('cleanup failed:', e)
-    }
-  }
-}
