@@ -3,7 +3,7 @@
 //! libfuzzer-sys installs a hook that aborts on every panic, even one that is
 //! caught. Folio catches panics on purpose around yrs decoding and applying
 //! (yrs asserts on some malformed input; see `decode_guarded` in
-//! `src/doc/shard.rs`), so that hook would report handled input as crashes.
+//! `src/doc/shard/apply.rs`), so that hook would report handled input as crashes.
 //! This hook only counts and notes panics; a panic that nobody catches still
 //! unwinds into libfuzzer-sys, which aborts, so real crashes are still found.
 
