@@ -29,6 +29,7 @@ use folio::protocol::{
 use folio::rate::Rates;
 use folio::server::Storage;
 use folio::session::{close, Flow, Session, SessionLimits};
+use folio::store::WriteOp;
 use folio::ysession::YSession;
 use prost::Message as _;
 use yrs::updates::decoder::Decode;
@@ -281,7 +282,22 @@ impl Server {
             .expect("list documents");
         for info in docs {
             let id = DocId::parse(&info.id).expect("a listed id parses");
-            self.registry.delete(&id).await.expect("delete a document");
+            self.registry
+                .delete(&id, "fuzz")
+                .await
+                .expect("delete a document");
+            // The next input starts from nothing, not from a tombstone.
+            let permit = self
+                .registry
+                .writer()
+                .reserve()
+                .await
+                .expect("writer running");
+            permit
+                .send(WriteOp::Revive { doc: id })
+                .await
+                .expect("writer running")
+                .expect("tombstone removed");
         }
         self.registry.feeds().maintain();
     }

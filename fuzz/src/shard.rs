@@ -198,6 +198,14 @@ impl Harness {
         let permit = self.writer.reserve().await.expect("writer running");
         durable(permit.send(WriteOp::Delete {
             doc: self.id.clone(),
+            by: "fuzz".to_owned(),
+            time_ms: 0,
+        }))
+        .await;
+        // The next input starts from nothing, not from a tombstone.
+        let permit = self.writer.reserve().await.expect("writer running");
+        durable(permit.send(WriteOp::Revive {
+            doc: self.id.clone(),
         }))
         .await;
     }
