@@ -36,8 +36,9 @@ fn insert_of(client: u64, len: usize) -> Vec<u8> {
 /// (the encoding grows by one byte per character, with an occasional
 /// extra byte where a length varint gets longer), with its `n`.
 fn frame_of_size(size: usize, frame: impl Fn(usize) -> Vec<u8>) -> (usize, Vec<u8>) {
-    let base = frame(0).len();
-    (size.saturating_sub(base + 8)..size)
+    // frame(1) carries every byte of overhead but one character's.
+    let overhead = frame(1).len() - 1;
+    (size.saturating_sub(overhead + 16)..size)
         .map(|n| (n, frame(n)))
         .find(|(_, f)| f.len() == size)
         .unwrap_or_else(|| panic!("no frame of exactly {size} bytes"))
@@ -178,9 +179,11 @@ async fn yjs_messages_at_the_limit_are_served_and_larger_ones_get_1009_with_a_re
         .await
         .expect("send a frame at the limit");
     server_text_is(&server, "sized", "x".repeat(chars)).await;
-    ws.send(Message::Binary(ysync::update(&insert_of(2, 3)).to_vec().into()))
-        .await
-        .expect("the socket is still open");
+    ws.send(Message::Binary(
+        ysync::update(&insert_of(2, 3)).to_vec().into(),
+    ))
+    .await
+    .expect("the socket is still open");
     server_text_is(&server, "sized", "x".repeat(chars + 3)).await;
 
     let (_, over) = frame_of_size(LIMIT + 1, |n| ysync::update(&insert_of(3, n)).to_vec());
@@ -211,7 +214,9 @@ async fn server_text_is(server: &ChildServer, doc: &str, want: String) {
 /// which the test then never reads.
 async fn silent_watcher(server: &ChildServer, path: &str) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
     let mut tcp = socket.connect(server.addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
     tcp.write_all(request.as_bytes()).await.expect("send GET");
@@ -238,7 +243,7 @@ async fn an_sse_watcher_that_stops_reading_is_closed_after_the_stall_timeout() {
     const STALLED: &str = "folio_connections_closed_total{reason=\"sse_stalled\"}";
     let writer = Doc::with_client_id(7);
     let text = writer.get_or_insert_text(folio::doc::TEXT_NAME);
-    let mut edit = move || {
+    let edit = move || {
         let mut txn = writer.transact_mut();
         text.insert(&mut txn, 0, &"y".repeat(16 * 1024));
         txn.encode_update_v1()
