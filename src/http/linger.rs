@@ -1,11 +1,12 @@
 //! Lingering close: how a connection's socket is let go of.
 //!
 //! Dropping a socket whose receive buffer still holds unread bytes makes
-//! Linux answer with a TCP reset, and a reset makes the peer's kernel throw
-//! away what it had received but not yet handed to the application: the
-//! close frame the server just sent (1009 for an oversized message, whose
-//! rest is still arriving), or the end of an HTTP error answer. The client
-//! then sees an abnormal closure (1006) instead of the reason.
+//! Linux send a TCP reset at once, throwing away whatever it had not yet
+//! transmitted, and every later byte from the peer draws another reset. A
+//! client still sending the rest of an oversized message then has its send
+//! fail with ECONNRESET before it ever reads the 1009 close frame the server
+//! sent (browsers report an abnormal closure, 1006), and some stacks also
+//! discard what they had received but not yet handed to the application.
 //!
 //! So a closed connection first sends its FIN (shutting down the write side:
 //! everything written is delivered, then end of stream), and then reads and
@@ -26,8 +27,12 @@ use tokio::sync::Semaphore;
 /// Longest a closed connection lingers.
 pub const LINGER_FOR: Duration = Duration::from_secs(2);
 
-/// Most bytes read and discarded from one lingering connection.
-pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes read and discarded from one lingering connection. A client
+/// that sends a whole oversized message before reading (many do) only sees
+/// the close frame if the server takes the message: this covers messages up
+/// to 32 MiB (eight times the default `--max-message-bytes`); one that
+/// sends more without reading gets a reset after [`LINGER_FOR`].
+pub const LINGER_MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// Most connections lingering at once. At the cap a closing connection is
 /// dropped at once, as without lingering (its peer may then get a reset
@@ -35,8 +40,9 @@ pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// most this many descriptors and read buffers for [`LINGER_FOR`].
 pub const MAX_LINGERING: usize = 1024;
 
-/// Read size while draining; the buffer lives in the lingering task.
-const DRAIN_CHUNK: usize = 4 * 1024;
+/// Read size while draining; the buffer lives in the lingering task, so
+/// lingering sockets hold at most [`MAX_LINGERING`] times this.
+const DRAIN_CHUNK: usize = 8 * 1024;
 
 /// A stream that can give up the TCP socket it runs on.
 pub trait IntoTcp {
