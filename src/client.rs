@@ -169,6 +169,11 @@ impl Connection {
         }
     }
 
+    /// The raw WebSocket, for tests that go on speaking frames by hand.
+    pub fn into_ws(self) -> WsStream {
+        self.ws
+    }
+
     /// Closes the socket politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -240,7 +240,8 @@ pub struct LimitArgs {
     pub outbound_queue_bytes: usize,
 
     /// Close a connection (4030) whose socket has taken no bytes for this
-    /// many seconds while data waited for it.
+    /// many seconds while data waited for it; SSE streams and other HTTP
+    /// responses are disconnected after the same time.
     #[arg(long, env = "FOLIO_STALL_TIMEOUT_SECS", default_value_t = 30)]
     pub stall_timeout_secs: u64,
 

@@ -10,7 +10,8 @@
 //! - [`ysession`]: the same for a `y-websocket` client on `/yjs/{doc}` (y-protocols sync).
 //! - [`store`]: the storage seam ([`store::DocStore`]), its sled implementation and the
 //!   group-commit writer that makes updates durable before they are acknowledged.
-//! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors.
+//! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors; and
+//!   the socket wrapper every connection goes through (stall close, lingering close).
 //! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
 //! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, the HTTP
 //!   extractor and the `--allowed-origins` check.

@@ -50,7 +50,9 @@ pub const RATE_LIMITED: &str = "folio_rate_limited_total";
 /// (`total` or `per_ip`).
 pub const CONNECTIONS_REFUSED: &str = "folio_connections_refused_total";
 /// Connections the server closed for not keeping up, by `reason`
-/// (`stalled`: the socket took nothing; `ping_timeout`).
+/// (`stalled`: a WebSocket's socket took nothing; `ping_timeout`;
+/// `sse_stalled`: an SSE watcher's connection took nothing for the stall
+/// timeout; `http_stalled`: any other HTTP response, the same).
 pub const CLOSED: &str = "folio_connections_closed_total";
 /// Seconds one group commit took: the batch write plus its fsync.
 pub const FLUSH_SECONDS: &str = "folio_store_flush_seconds";
@@ -118,7 +120,7 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
 /// Label values of the labelled counters, in the order of their handles.
 const RATE_LIMITED_KINDS: &[&str] = &["update", "awareness"];
 const REFUSED_CAPS: &[&str] = &["total", "per_ip"];
-const CLOSE_REASONS: &[&str] = &["stalled", "ping_timeout"];
+const CLOSE_REASONS: &[&str] = &["stalled", "ping_timeout", "sse_stalled", "http_stalled"];
 
 /// The `code` label of an error code, as `/metrics` shows it.
 pub fn error_label(code: ErrorCode) -> &'static str {
@@ -399,8 +401,8 @@ pub fn connection_refused(cap: crate::http::Refused) {
     }
 }
 
-/// The server closed a connection for `reason`, one of `stalled` and
-/// `ping_timeout`.
+/// The server closed a connection for `reason`, one of `stalled`,
+/// `ping_timeout`, `sse_stalled` and `http_stalled`.
 pub fn closed(reason: &str) {
     if let Some(h) = HANDLES.get() {
         let at = CLOSE_REASONS.iter().position(|r| *r == reason);

@@ -3,7 +3,6 @@
 //! makes everything durable before returning.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 use crate::feed::FeedHub;
-use crate::http::{app, AppState};
+use crate::http::{app, AppState, ConnInfo, ConnListener};
 use crate::store::{now_ms, DocStore, SledStore, StoreError, StoreWriter, WriterThread};
 
 /// Longest wait for connections to finish closing at shutdown.
@@ -128,6 +127,9 @@ pub async fn run(
         stop.cancel();
     };
     let router = app(state);
+    // Every connection, plain or TLS, goes through the same socket wrapper:
+    // stall close and lingering close (see `http::conn_io`).
+    let stall = config.limits.stall_timeout();
     let tracker = connections.clone();
     let acceptor_stop = cancel.clone();
     let serve = async move {
@@ -138,8 +140,8 @@ pub async fn run(
                     let _ = tcp.set_nodelay(true);
                 });
                 axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                    ConnListener::new(listener, stall),
+                    router.into_make_service_with_connect_info::<ConnInfo>(),
                 )
                 .with_graceful_shutdown(graceful)
                 .await
@@ -147,14 +149,11 @@ pub async fn run(
             Some(acceptor) => {
                 // The acceptor task and its handshakes join the tracker that
                 // shutdown already waits on.
-                // Tapped (doing nothing) only so that axum gives handlers
-                // the client's address, as on plain TCP.
                 let listener =
-                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?
-                        .tap_io(|_| {});
+                    crate::tls::TlsListener::start(listener, acceptor, acceptor_stop, &tracker)?;
                 axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                    ConnListener::new(listener, stall),
+                    router.into_make_service_with_connect_info::<ConnInfo>(),
                 )
                 .with_graceful_shutdown(graceful)
                 .await

@@ -45,6 +45,10 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over the size limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The reason sent with [`MESSAGE_TOO_BIG`], naming the limit.
+    pub fn message_too_big(limit: u32) -> String {
+        format!("message too big: limit {limit} bytes")
+    }
     /// The socket took no bytes for the stall timeout while data waited.
     pub const STALLED: u16 = 4030;
     /// Nothing came back, not even a pong, within the ping timeout.
@@ -392,7 +396,8 @@ impl Session {
     /// Handles one binary frame.
     pub async fn on_frame(&mut self, frame: Bytes) -> Flow {
         if frame.len() > self.limits.max_message_bytes as usize {
-            return Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into());
+            let reason = close::message_too_big(self.limits.max_message_bytes);
+            return Flow::Close(close::MESSAGE_TOO_BIG, reason);
         }
         let msg = match ClientMessage::decode(frame) {
             Ok(msg) => msg,

@@ -66,7 +66,7 @@ pub mod close {
     /// like 4401: the provider stops instead of retrying.
     pub const NOT_FOUND: u16 = 4404;
     pub use crate::session::close::{
-        GOING_AWAY, INVALID_PAYLOAD, MESSAGE_TOO_BIG, UNSUPPORTED_DATA,
+        message_too_big, GOING_AWAY, INVALID_PAYLOAD, MESSAGE_TOO_BIG, UNSUPPORTED_DATA,
     };
     /// A write failed or the document could not be opened.
     pub const INTERNAL_ERROR: u16 = 1011;
@@ -358,7 +358,8 @@ impl YSession {
     /// Handles one binary frame: one or more y-protocols messages.
     pub async fn on_frame(&mut self, frame: Bytes) -> Flow {
         if frame.len() > self.limits.max_message_bytes as usize {
-            return close_with(close::MESSAGE_TOO_BIG, "message too big");
+            let reason = close::message_too_big(self.limits.max_message_bytes);
+            return close_with(close::MESSAGE_TOO_BIG, reason);
         }
         if frame.is_empty() {
             return close_with(close::INVALID_PAYLOAD, "empty frame");

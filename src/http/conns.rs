@@ -26,7 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ConnState};
 
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: u32 = 5;
@@ -165,6 +165,7 @@ pub async fn limit(State(app): State<AppState>, mut req: Request, next: Next) ->
         }
     };
     req.extensions_mut().insert(permit.clone());
+    let conn = req.extensions().get::<Arc<ConnState>>().cloned();
     let response = next.run(req).await;
     let is_stream = response
         .headers()
@@ -175,11 +176,14 @@ pub async fn limit(State(app): State<AppState>, mut req: Request, next: Next) ->
         // error: leave the response as it is.
         return response;
     }
+    // The connection carries an SSE stream while the body lives: if it
+    // stalls, it is counted as an SSE stall (see `conn_io`).
+    let carrying = conn.map(|c| c.sse_stream());
     let (parts, body) = response.into_parts();
     let body = Body::from_stream(futures_util::StreamExt::map(
         body.into_data_stream(),
         move |chunk| {
-            let _held = &permit;
+            let _held = (&permit, &carrying);
             chunk
         },
     ));

@@ -4,9 +4,11 @@
 
 mod api;
 mod client_ip;
+mod conn_io;
 mod conns;
 mod error;
 mod history;
+mod linger;
 mod metrics;
 mod sse;
 mod web;
@@ -22,6 +24,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn_io::{CarryMark, ConnInfo, ConnListener, ConnState};
 pub use conns::{ConnectionLimiter, ConnectionPermit, Refused};
 pub use error::ApiError;
 
@@ -129,5 +132,8 @@ pub fn app(state: AppState) -> Router {
             AllowedOrigins::new(&state.config.allowed_origins),
             crate::auth::check_origin,
         ))
+        // Outermost: the client's address and the connection's state, from
+        // the listener (see `conn_io`), for everything inside.
+        .layer(axum::middleware::from_fn(conn_io::expose))
         .with_state(state)
 }

@@ -17,7 +17,7 @@ use futures_util::SinkExt;
 use tokio::time::{Instant, Sleep};
 use tracing::Instrument as _;
 
-use super::{AppState, ConnectionPermit};
+use super::{AppState, ConnState, ConnectionPermit};
 use crate::config::ServeConfig;
 use crate::doc::{Outbound, OutboundRx, Peer, QueueMeter, Wire};
 use crate::rate::Rates;
@@ -46,7 +46,10 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<AppState>,
     permit: Option<Extension<ConnectionPermit>>,
+    conn: Option<Extension<Arc<ConnState>>>,
 ) -> Response {
+    // The socket's own stall close applies to this connection from now on.
+    let carrying = conn.map(|Extension(c)| c.websocket());
     configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
         let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
         // Everything logged while serving this socket (session, shards,
@@ -60,7 +63,7 @@ pub async fn upgrade(
         tracker.track_future(
             async move {
                 // Held for as long as the socket is open.
-                let _permit = permit;
+                let _held = (permit, carrying);
                 run(socket, app, id).await;
             }
             .instrument(span),
@@ -158,7 +161,8 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read error");
                         if is_capacity(&e) {
-                            Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                            let limit = app.config.max_message_bytes;
+                            Flow::Close(close::MESSAGE_TOO_BIG, close::message_too_big(limit))
                         } else {
                             break None;
                         }

@@ -14,6 +14,7 @@
 //! retries forever, whereas a 44xx close stops it and tells the app why.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
@@ -28,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument as _;
 
 use super::ws::{configure, is_capacity, session_limits, write_loop, Liveness};
-use super::{ApiError, AppState, ConnectionPermit};
+use super::{ApiError, AppState, ConnState, ConnectionPermit};
 use crate::auth::{Action, AuthError, Principal};
 use crate::doc::{DocId, Outbound, Peer, Wire};
 use crate::session::Flow;
@@ -46,6 +47,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     uri: Uri,
     permit: Option<Extension<ConnectionPermit>>,
+    conn: Option<Extension<Arc<ConnState>>>,
 ) -> Result<Response, ApiError> {
     let Path(doc) =
         doc.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_doc_id", e.body_text()))?;
@@ -59,6 +61,8 @@ pub async fn upgrade(
             Err(denied) => Err((close::FORBIDDEN, denied.to_string())),
         },
     };
+    // The socket's own stall close applies to this connection from now on.
+    let carrying = conn.map(|Extension(c)| c.websocket());
     Ok(
         configure(ws, app.config.max_message_bytes).on_upgrade(move |socket| {
             let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +76,7 @@ pub async fn upgrade(
             tracker.track_future(
                 async move {
                     // Held for as long as the socket is open.
-                    let _permit = permit;
+                    let _held = (permit, carrying);
                     match access {
                         Ok(principal) => run(socket, app, doc, id, principal).await,
                         Err((code, reason)) => refuse(socket, code, reason).await,
@@ -161,7 +165,8 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read error");
                         if is_capacity(&e) {
-                            Flow::Close(close::MESSAGE_TOO_BIG, "message too big".into())
+                            let limit = app.config.max_message_bytes;
+                            Flow::Close(close::MESSAGE_TOO_BIG, close::message_too_big(limit))
                         } else {
                             break None;
                         }

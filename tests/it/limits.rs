@@ -78,7 +78,7 @@ async fn outcomes(editor: &mut Editor, n: u64) -> Vec<Result<(), v1::Error>> {
 }
 
 /// A counter or gauge from a server's `/metrics` (0 if absent).
-async fn metric(metrics_url: &str, name: &str) -> f64 {
+pub(crate) async fn metric(metrics_url: &str, name: &str) -> f64 {
     let text = reqwest::get(metrics_url)
         .await
         .expect("GET /metrics")

@@ -16,5 +16,6 @@ mod sse;
 mod support;
 mod sync;
 mod traces;
+mod transport;
 mod web;
 mod yjs;

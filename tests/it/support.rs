@@ -207,6 +207,16 @@ impl ChildServer {
     }
 }
 
+/// A test that fails before stopping its server does not leave it running
+/// (and holding the test's output pipe). A child already reaped is not
+/// signalled again.
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn parse_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("folio serving") {
         return None;
