@@ -14,6 +14,8 @@
 //! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
 //! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, the HTTP
 //!   extractor and the `--allowed-origins` check.
+//! - [`revocation`]: revoked tokens (by `jti` or `sub`), durable, with the epoch that
+//!   wakes open connections to re-check their tokens.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
 //! - [`history`]: past states rebuilt from snapshots and the log: versions, points, diffs,
@@ -36,6 +38,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -115,7 +115,11 @@ fn main() -> ExitCode {
         Command::Token(args) => {
             return exit(
                 args.mint()
-                    .map(|token| println!("{token}"))
+                    .map(|(token, jti)| {
+                        // stdout stays the token alone, for `TOKEN=$(folio token …)`.
+                        eprintln!("jti: {jti}");
+                        println!("{token}");
+                    })
                     .map_err(anyhow::Error::msg),
             )
         }

@@ -60,6 +60,8 @@ fn token_signed(
         role,
         exp: now_secs().saturating_add_signed(ttl_secs),
         sub: sub.map(str::to_owned),
+        jti: None,
+        iat: None,
     };
     Auth::with_secret(secret)
         .expect("long enough")
