@@ -22,6 +22,7 @@
 //!   replay, retention and `folio check`.
 //! - [`cli`]: the offline subcommands (`folio docs`, `export`, `import`, `history`, `replay`,
 //!   `compact`, `check`) over a data dir no server holds.
+//! - [`remote`]: the subcommands that reach a running server over HTTP (`folio revoke`).
 //! - [`rate`]: per-connection token buckets for updates and awareness.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
@@ -38,6 +39,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
+pub mod remote;
 pub mod revocation;
 pub mod server;
 pub mod session;

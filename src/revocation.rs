@@ -350,7 +350,11 @@ impl Revocations {
         }
         drop(backing);
         self.epoch.send_modify(|e| *e = e.wrapping_add(1));
-        tracing::info!(kind = r.target.kind(), target = r.target.value(), "token revoked");
+        tracing::info!(
+            kind = r.target.kind(),
+            target = r.target.value(),
+            "token revoked"
+        );
         Ok(r)
     }
 

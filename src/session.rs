@@ -621,9 +621,7 @@ impl Session {
             Some(grant) if grant.expired_at(Instant::now()) => Some(ErrorCode::TokenExpired),
             // Cheap (a lookup), and closes the gap between a revocation and
             // the transport's next look at the epoch.
-            Some(grant) if self.auth.is_revoked(&grant.principal) => {
-                Some(ErrorCode::TokenRevoked)
-            }
+            Some(grant) if self.auth.is_revoked(&grant.principal) => Some(ErrorCode::TokenRevoked),
             Some(_) => None,
             None => self.grant_ended,
         };

@@ -73,11 +73,17 @@ fn require_admin(app: &AppState, principal: &Principal) -> Result<(), ApiError> 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RevokeError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!(error = %e, "revocation task failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-    })?
-    .map_err(ApiError::from)
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "revocation task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 /// `POST /admin/revocations`: `{"jti": "..."}` or `{"sub": "..."}`, and
@@ -94,10 +100,9 @@ pub async fn revoke(
         (Some(jti), None) => Target::jti(&jti)?,
         (None, Some(sub)) => Target::sub(&sub)?,
         _ => {
-            return Err(RevokeError::Invalid(
-                "give exactly one of \"jti\" and \"sub\"".into(),
+            return Err(
+                RevokeError::Invalid("give exactly one of \"jti\" and \"sub\"".into()).into(),
             )
-            .into())
         }
     };
     let revocations = app.auth.revocations().clone();

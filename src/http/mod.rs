@@ -99,14 +99,8 @@ pub fn app(state: AppState) -> Router {
         .merge(streams)
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
-        .route(
-            "/admin/revocations",
-            get(admin::list).post(admin::revoke),
-        )
-        .route(
-            "/admin/revocations/{kind}/{value}",
-            delete(admin::remove),
-        )
+        .route("/admin/revocations", get(admin::list).post(admin::revoke))
+        .route("/admin/revocations/{kind}/{value}", delete(admin::remove))
         .route("/docs", get(api::list_docs))
         .route("/docs/{id}", put(api::create_doc).delete(api::delete_doc))
         .route("/docs/{id}/copy", post(api::copy_doc))
