@@ -194,6 +194,9 @@ pub trait DocStore: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
+/// One stored revocation record: key and value, as [`crate::revocation`] encodes them.
+pub type RevocationRecord = (Vec<u8>, Vec<u8>);
+
 /// Where token revocations ([`crate::revocation`]) are kept: a small keyed
 /// set beside the documents. Every method blocks (call it from a blocking
 /// thread); writes are durable before they return, because a revocation
@@ -203,7 +206,7 @@ pub trait RevocationStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// I/O failures.
-    fn revocations(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
 
     /// Stores `value` under `key` (replacing any) and removes `remove`, in
     /// one durable batch.

@@ -478,7 +478,7 @@ impl DocStore for SledStore {
 }
 
 impl RevocationStore for SledStore {
-    fn revocations(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn revocations(&self) -> Result<Vec<super::RevocationRecord>, StoreError> {
         self.revocations
             .iter()
             .map(|kv| {
