@@ -11,7 +11,9 @@
 //! Tokens are verified once, where they arrive (a WebSocket `Hello`,
 //! `Subscribe` or `Reauth`, an HTTP request, a `/yjs` upgrade); the sockets
 //! then keep the principal and a timer for its expiry, so no per-message
-//! check costs more than comparing a role.
+//! check costs more than comparing a role. Revocation (by `jti` or `sub`,
+//! see [`crate::revocation`]) is checked at verification too, and open
+//! sockets re-check their principals when [`Auth::revocations`] changes.
 //!
 //! For HTTP handlers, [`Principal`] is an axum extractor (`Authorization:
 //! Bearer <token>` or `?token=<token>`; 401 when missing or invalid), and
@@ -51,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::doc::DocId;
 use crate::http::ApiError;
 use crate::protocol::ErrorCode;
+use crate::revocation::{Revocations, MAX_JTI_BYTES};
 
 /// Shortest accepted `--auth-secret`, in bytes: HS256 wants a key at least
 /// as long as its 256-bit hash.
@@ -159,6 +162,14 @@ pub struct Claims {
     /// updates and presence instead of any name the client gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The token's id, for revoking this one token (`POST /admin/revocations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// When it was issued, in seconds since the Unix epoch. A revocation of
+    /// its `sub` refuses it only if it was issued in that second or before;
+    /// a token without `iat` counts as issued before any revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Who is asking, and what they may do: a verified token, or anyone in open mode.
@@ -167,6 +178,10 @@ pub struct Principal {
     role: Role,
     docs: Vec<DocPattern>,
     sub: Option<String>,
+    /// The `jti` claim, if any.
+    jti: Option<String>,
+    /// The `iat` claim (seconds since the epoch), if any.
+    issued_at: Option<u64>,
     /// `None` in open mode: never expires.
     expires_at: Option<SystemTime>,
 }
@@ -178,6 +193,8 @@ impl Principal {
             role: Role::Admin,
             docs: vec![DocPattern::Any],
             sub: None,
+            jti: None,
+            issued_at: None,
             expires_at: None,
         }
     }
@@ -202,6 +219,13 @@ impl Principal {
                 )));
             }
         }
+        if let Some(jti) = &claims.jti {
+            if jti.is_empty() || jti.len() > MAX_JTI_BYTES {
+                return Err(AuthError::Invalid(format!(
+                    "jti must be 1 to {MAX_JTI_BYTES} bytes"
+                )));
+            }
+        }
         let expires_at = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp))
             .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
@@ -209,6 +233,8 @@ impl Principal {
             role: claims.role,
             docs,
             sub: claims.sub,
+            jti: claims.jti,
+            issued_at: claims.iat,
             expires_at: Some(expires_at),
         })
     }
@@ -278,6 +304,11 @@ impl Principal {
         self.sub.as_deref()
     }
 
+    /// The token's id (`jti`), if it has one.
+    pub fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+
     /// When the token expires; `None` in open mode.
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
@@ -341,6 +372,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("the token has expired")]
     Expired,
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -349,6 +382,7 @@ impl AuthError {
         match self {
             Self::Missing | Self::Invalid(_) => ErrorCode::Unauthorized,
             Self::Expired => ErrorCode::TokenExpired,
+            Self::Revoked => ErrorCode::TokenRevoked,
         }
     }
 }
@@ -357,6 +391,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let code = match e {
             AuthError::Expired => "token_expired",
+            AuthError::Revoked => "token_revoked",
             AuthError::Missing | AuthError::Invalid(_) => "unauthorized",
         };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
@@ -411,6 +446,7 @@ struct Keys {
 /// tests, mints) tokens, or lets everyone in when there is no secret.
 pub struct Auth {
     keys: Option<Keys>,
+    revocations: Arc<Revocations>,
 }
 
 impl fmt::Debug for Auth {
@@ -424,7 +460,29 @@ impl fmt::Debug for Auth {
 impl Auth {
     /// Open dev mode: no tokens, everyone may do everything.
     pub fn open() -> Self {
-        Self { keys: None }
+        Self {
+            keys: None,
+            revocations: Arc::new(Revocations::in_memory()),
+        }
+    }
+
+    /// The same authority, checking `revocations` (the server's, loaded
+    /// from the store) instead of its own empty in-memory set.
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The revoked tokens; its [`Revocations::watch`] wakes open connections.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// Whether `principal`, verified earlier, has been revoked since.
+    pub fn is_revoked(&self, principal: &Principal) -> bool {
+        self.revocations
+            .revokes(principal.jti(), principal.sub(), principal.issued_at)
     }
 
     /// Tokens signed with `secret` are required.
@@ -448,6 +506,7 @@ impl Auth {
                 decoding: DecodingKey::from_secret(bytes),
                 validation,
             }),
+            revocations: Arc::new(Revocations::in_memory()),
         })
     }
 
@@ -487,7 +546,7 @@ impl Auth {
     ///
     /// # Errors
     /// [`AuthError::Missing`] for an empty token, [`AuthError::Expired`],
-    /// or [`AuthError::Invalid`] with the reason. In open mode every token,
+    /// [`AuthError::Revoked`], or [`AuthError::Invalid`] with the reason. In open mode every token,
     /// even an empty one, gives [`Principal::open`].
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let Some(keys) = &self.keys else {
@@ -509,7 +568,11 @@ impl Auth {
         if data.claims.exp <= now {
             return Err(AuthError::Expired);
         }
-        Principal::from_claims(data.claims)
+        let principal = Principal::from_claims(data.claims)?;
+        if self.is_revoked(&principal) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(principal)
     }
 
     /// Signs `claims` (`folio token`, tests).
@@ -664,17 +727,22 @@ pub struct TokenArgs {
     #[arg(long)]
     pub sub: Option<String>,
 
+    /// The token's id, for revoking it alone (`folio revoke --jti`).
+    /// Default: 16 random hex digits. Printed on stderr.
+    #[arg(long)]
+    pub jti: Option<String>,
+
     /// The server's secret (the same as `folio serve --auth-secret`).
     #[arg(long, env = "FOLIO_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: AuthSecret,
 }
 
 impl TokenArgs {
-    /// Signs the token these arguments describe.
+    /// Signs the token these arguments describe; returns it with its `jti`.
     ///
     /// # Errors
-    /// A short secret, a bad doc pattern or `sub`, or a TTL of zero.
-    pub fn mint(&self) -> Result<String, String> {
+    /// A short secret, a bad doc pattern, `sub` or `jti`, or a TTL of zero.
+    pub fn mint(&self) -> Result<(String, String), String> {
         let auth = Auth::with_secret(&self.auth_secret).map_err(|e| e.to_string())?;
         if self.ttl.is_zero() {
             return Err("--ttl must be more than zero".into());
@@ -682,16 +750,34 @@ impl TokenArgs {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| e.to_string())?;
+        let jti = match &self.jti {
+            Some(jti) => jti.clone(),
+            None => random_jti()?,
+        };
         let claims = Claims {
             docs: self.docs.clone(),
             role: self.role,
             exp: (now + self.ttl).as_secs(),
             sub: self.sub.clone(),
+            jti: Some(jti.clone()),
+            iat: Some(now.as_secs()),
         };
         // Refuse what the server would refuse, before anyone uses it.
         Principal::from_claims(claims.clone()).map_err(|e| e.to_string())?;
-        auth.mint(&claims).map_err(|e| e.to_string())
+        let token = auth.mint(&claims).map_err(|e| e.to_string())?;
+        Ok((token, jti))
     }
+}
+
+/// 16 hex digits from the system's secure random source (through ring,
+/// which the TLS and token code already use).
+fn random_jti() -> Result<String, String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no random source for --jti; give one".to_owned())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -712,6 +798,8 @@ mod tests {
             role,
             exp: now.saturating_add_signed(ttl_secs),
             sub: Some("alice".into()),
+            jti: None,
+            iat: None,
         }
     }
 

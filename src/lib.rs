@@ -15,12 +15,15 @@
 //! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
 //! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, the HTTP
 //!   extractor and the `--allowed-origins` check.
+//! - [`revocation`]: revoked tokens (by `jti` or `sub`), durable, with the epoch that
+//!   wakes open connections to re-check their tokens.
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
 //! - [`history`]: past states rebuilt from snapshots and the log: versions, points, diffs,
 //!   replay, retention and `folio check`.
 //! - [`cli`]: the offline subcommands (`folio docs`, `export`, `import`, `history`, `replay`,
 //!   `compact`, `check`) over a data dir no server holds.
+//! - [`remote`]: the subcommands that reach a running server over HTTP (`folio revoke`).
 //! - [`rate`]: per-connection token buckets for updates and awareness.
 //! - [`config`]: every setting, from flags or `FOLIO_*` environment variables.
 //! - [`client`]: a Rust client of the protocol (tests, benchmarks, load tool).
@@ -37,6 +40,8 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
+pub mod remote;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeConfig),
     /// Mint an access token (signed with --auth-secret) and print it.
     Token(folio::auth::TokenArgs),
+    /// Revoke a token (--jti) or a user's tokens (--sub) on a running server.
+    Revoke(folio::remote::RevokeArgs),
     /// List the documents of a data dir.
     Docs {
         #[command(flatten)]
@@ -115,10 +117,15 @@ fn main() -> ExitCode {
         Command::Token(args) => {
             return exit(
                 args.mint()
-                    .map(|token| println!("{token}"))
+                    .map(|(token, jti)| {
+                        // stdout stays the token alone, for `TOKEN=$(folio token …)`.
+                        eprintln!("jti: {jti}");
+                        println!("{token}");
+                    })
                     .map_err(anyhow::Error::msg),
-            )
+            );
         }
+        Command::Revoke(args) => return exit(revoke(&args)),
         Command::Docs { dir, prefix, json } => cli::docs(&dir, &prefix, json).map(print),
         Command::Export {
             dir,
@@ -182,6 +189,16 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn revoke(args: &folio::remote::RevokeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let answer = runtime.block_on(folio::remote::revoke(args))?;
+    print!("{answer}");
+    Ok(())
 }
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {

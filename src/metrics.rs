@@ -111,6 +111,7 @@ const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::Forbidden, "forbidden"),
     (ErrorCode::ReadOnly, "read_only"),
     (ErrorCode::TokenExpired, "token_expired"),
+    (ErrorCode::TokenRevoked, "token_revoked"),
     (ErrorCode::DocTooLarge, "doc_too_large"),
     (ErrorCode::RateLimited, "rate_limited"),
     (ErrorCode::ServerBusy, "server_busy"),

@@ -15,6 +15,7 @@ use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 use crate::feed::FeedHub;
 use crate::http::{app, AppState, ConnInfo, ConnListener};
+use crate::revocation::Revocations;
 use crate::store::{now_ms, DocStore, SledStore, StoreError, StoreWriter, WriterThread};
 
 /// Longest wait for connections to finish closing at shutdown.
@@ -35,10 +36,13 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthSetupError),
 }
 
-/// The storage half of a server: store, writer thread and registry.
+/// The storage half of a server: store, writer thread, registry and the
+/// revoked tokens.
 pub struct Storage {
     pub registry: Arc<DocRegistry>,
     pub writer_thread: WriterThread,
+    /// Loaded from the store's `revocations` tree; writes go back to it.
+    pub revocations: Arc<Revocations>,
 }
 
 impl Storage {
@@ -48,7 +52,9 @@ impl Storage {
     /// # Errors
     /// The dir is locked or cannot be opened.
     pub fn open(data_dir: &Path, config: &ServeConfig) -> Result<Self, ServerError> {
-        let store: Arc<dyn DocStore> = Arc::new(SledStore::open(data_dir)?);
+        let sled = Arc::new(SledStore::open(data_dir)?);
+        let revocations = Arc::new(Revocations::load(sled.clone())?);
+        let store: Arc<dyn DocStore> = sled;
         let (writer, writer_thread) = StoreWriter::start(store.clone(), config.write_queue_ops)?;
         // Feed ids start with the start time, so they never repeat across runs.
         let epoch = u64::try_from(now_ms()).unwrap_or(0);
@@ -60,6 +66,7 @@ impl Storage {
         Ok(Self {
             registry,
             writer_thread,
+            revocations,
         })
     }
 }
@@ -84,15 +91,17 @@ pub async fn run(
     // Before the store: a bad certificate or an unsafe auth setting must
     // not cost a data-dir lock.
     let tls = crate::tls::acceptor(&config)?;
-    let auth = Arc::new(crate::auth::Auth::for_server(
+    let auth = crate::auth::Auth::for_server(
         config.auth_secret.as_ref(),
         config.insecure_open,
         listener.local_addr()?,
-    )?);
+    )?;
     let Storage {
         registry,
         writer_thread,
+        revocations,
     } = Storage::open(&config.data_dir, &config)?;
+    let auth = Arc::new(auth.with_revocations(revocations.clone()));
     let cancel = CancellationToken::new();
     let state = AppState::new(
         registry.clone(),
@@ -186,6 +195,10 @@ pub async fn run(
     let _ = upkeep.await;
     let _ = compaction.await;
     registry.flush_all().await?;
+    // Connections that outlive the grace period may still hold the auth
+    // state: let go of the store here, so the data dir is released with
+    // the last document handle below.
+    revocations.close();
     // Dropping the last registry handle drops every shard and with them the
     // writer's senders: the writer thread then ends and closes the store,
     // releasing the data dir's lock before we return.

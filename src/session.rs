@@ -10,8 +10,10 @@
 //! (`Hello` or `Reauth`). Tokens are verified only when they arrive; an
 //! `Update` costs one role comparison, and expiry is a deadline the
 //! transport sleeps on ([`Session::expiry_deadline`], [`Session::on_expiry`]).
+//! Revocation ends grants the same way, when the transport sees the
+//! revocation epoch change ([`Session::on_revocation`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +55,15 @@ pub mod close {
     pub const STALLED: u16 = 4030;
     /// Nothing came back, not even a pong, within the ping timeout.
     pub const PING_TIMEOUT: u16 = 4031;
+}
+
+/// How a message says why a grant ended.
+fn ended_word(code: ErrorCode) -> &'static str {
+    if code == ErrorCode::TokenRevoked {
+        "was revoked"
+    } else {
+        "expired"
+    }
 }
 
 /// Longest client name kept, in bytes; longer names are cut.
@@ -135,14 +146,16 @@ pub struct Session {
     /// The connection's token (from `Hello` or `Reauth`); in open mode, the
     /// open principal.
     grant: Option<Grant>,
-    /// The connection's token expired and no `Reauth` came since.
-    grant_expired: bool,
+    /// The connection's token expired (`TOKEN_EXPIRED`) or was revoked
+    /// (`TOKEN_REVOKED`) and no `Reauth` came since.
+    grant_ended: Option<ErrorCode>,
     subs: HashMap<DocId, Subscription>,
-    /// Documents whose subscription an expiry ended, so that late messages
-    /// for them get `TOKEN_EXPIRED` rather than `NOT_SUBSCRIBED`. Cleared
-    /// by `Reauth`; at most `max_docs_per_connection` entries (past that,
-    /// late messages get `NOT_SUBSCRIBED`, which asks for the same fix).
-    expired_docs: HashSet<DocId>,
+    /// Documents whose subscription an expiry or a revocation ended, with
+    /// that code, so that late messages for them get it rather than
+    /// `NOT_SUBSCRIBED`. Cleared by `Reauth`; at most
+    /// `max_docs_per_connection` entries (past that, late messages get
+    /// `NOT_SUBSCRIBED`, which asks for the same fix).
+    ended_docs: HashMap<DocId, ErrorCode>,
     /// The earliest deadline among the grants in use, recomputed whenever
     /// they change, so the transport's timer never scans them.
     next_expiry: Option<Instant>,
@@ -170,9 +183,9 @@ impl Session {
             author: None,
             identity: None,
             grant: None,
-            grant_expired: false,
+            grant_ended: None,
             subs: HashMap::new(),
-            expired_docs: HashSet::new(),
+            ended_docs: HashMap::new(),
             next_expiry: None,
             acks: FuturesOrdered::new(),
             rates: ConnectionRates::new(&limits.rates),
@@ -265,55 +278,64 @@ impl Session {
     /// before the expiry still get their acks.
     pub async fn on_expiry(&mut self) -> Flow {
         let now = Instant::now();
-        let expired: Vec<DocId> = self
+        self.end_grants(|g| g.expired_at(now), ErrorCode::TokenExpired)
+            .await
+    }
+
+    /// Some token was revoked (the transport saw the revocation epoch
+    /// change): grants whose token is now revoked end exactly as at expiry
+    /// ([`Session::on_expiry`]), with `TOKEN_REVOKED`.
+    pub async fn on_revocation(&mut self) -> Flow {
+        let auth = self.auth.clone();
+        self.end_grants(|g| auth.is_revoked(&g.principal), ErrorCode::TokenRevoked)
+            .await
+    }
+
+    /// Ends the connection's grant and the subscriptions whose grant
+    /// `ended` picks, telling the client with `code` (`TOKEN_EXPIRED` or
+    /// `TOKEN_REVOKED`).
+    async fn end_grants(&mut self, ended: impl Fn(&Grant) -> bool, code: ErrorCode) -> Flow {
+        let docs: Vec<DocId> = self
             .subs
             .iter()
-            .filter(|(_, sub)| sub.grant.expired_at(now))
+            .filter(|(_, sub)| ended(&sub.grant))
             .map(|(doc, _)| doc.clone())
             .collect();
-        let conn_expired = self.grant.as_ref().is_some_and(|g| g.expired_at(now));
-        if conn_expired {
+        let conn_ended = self.grant.as_ref().is_some_and(&ended);
+        if conn_ended {
             self.grant = None;
-            self.grant_expired = true;
+            self.grant_ended = Some(code);
         }
-        for doc in &expired {
+        for doc in &docs {
             if let Some(sub) = self.subs.remove(doc) {
                 sub.shard.unsubscribe(self.peer.id());
             }
-            if self.expired_docs.len() < self.limits.max_docs_per_connection as usize {
-                self.expired_docs.insert(doc.clone());
+            if self.ended_docs.len() < self.limits.max_docs_per_connection as usize {
+                self.ended_docs.insert(doc.clone(), code);
             }
         }
         self.recompute_expiry();
         tracing::debug!(
             peer = self.peer.id(),
-            docs = expired.len(),
-            conn_expired,
-            "token expired"
+            docs = docs.len(),
+            conn_ended,
+            ?code,
+            "token no longer valid"
         );
-        if conn_expired {
-            let flow = self
-                .error(
-                    "",
-                    ErrorCode::TokenExpired,
-                    "the connection's token expired: send Reauth with a fresh one",
-                    0,
-                )
-                .await;
+        let what = ended_word(code);
+        if conn_ended {
+            let message = format!("the connection's token {what}: send Reauth with a fresh one");
+            let flow = self.error("", code, message, 0).await;
             if flow != Flow::Continue {
                 return flow;
             }
         }
-        for doc in expired {
-            let flow = self
-                .error(
-                    doc.as_str(),
-                    ErrorCode::TokenExpired,
-                    "the token for this document expired and the subscription ended: \
-                     Reauth (or Subscribe with a fresh token), then Subscribe again",
-                    0,
-                )
-                .await;
+        for doc in docs {
+            let message = format!(
+                "the token for this document {what} and the subscription ended: \
+                 Reauth (or Subscribe with a fresh token), then Subscribe again"
+            );
+            let flow = self.error(doc.as_str(), code, message, 0).await;
             if flow != Flow::Continue {
                 return flow;
             }
@@ -579,7 +601,7 @@ impl Session {
             let author = self.author.as_deref().unwrap_or_default();
             match shard.subscribe(&self.peer, author, &sub.state_vector) {
                 Ok(()) => {
-                    self.expired_docs.remove(&doc);
+                    self.ended_docs.remove(&doc);
                     self.subs.insert(doc, Subscription { shard, grant });
                     self.recompute_expiry();
                     // The Synced went in whatever the room: like any reply,
@@ -600,16 +622,23 @@ impl Session {
         if !token.is_empty() && !self.auth.is_open() {
             return self.verify(token);
         }
+        let ended = match &self.grant {
+            Some(grant) if grant.expired_at(Instant::now()) => Some(ErrorCode::TokenExpired),
+            // Cheap (a lookup), and closes the gap between a revocation and
+            // the transport's next look at the epoch.
+            Some(grant) if self.auth.is_revoked(&grant.principal) => Some(ErrorCode::TokenRevoked),
+            Some(_) => None,
+            None => self.grant_ended,
+        };
+        if let Some(code) = ended {
+            let what = ended_word(code);
+            return Err((
+                code,
+                format!("the connection's token {what}: send Reauth with a fresh one"),
+            ));
+        }
         match &self.grant {
-            Some(grant) if !grant.expired_at(Instant::now()) => Ok(grant.clone()),
-            Some(_) => Err((
-                ErrorCode::TokenExpired,
-                "the connection's token expired: send Reauth with a fresh one".into(),
-            )),
-            None if self.grant_expired => Err((
-                ErrorCode::TokenExpired,
-                "the connection's token expired: send Reauth with a fresh one".into(),
-            )),
+            Some(grant) => Ok(grant.clone()),
             None => Err((
                 ErrorCode::Unauthorized,
                 "no token: send one in Hello, Reauth or this Subscribe".into(),
@@ -632,8 +661,8 @@ impl Session {
         }
         let expires_at_ms = grant.principal.expires_at_ms();
         self.grant = Some(grant);
-        self.grant_expired = false;
-        self.expired_docs.clear();
+        self.grant_ended = None;
+        self.ended_docs.clear();
         self.recompute_expiry();
         self.reply(protocol::encode(Kind::Reauthed(v1::Reauthed {
             expires_at_ms,
@@ -735,13 +764,17 @@ impl Session {
     }
 
     /// Refuses a message for a document the session does not follow:
-    /// `TOKEN_EXPIRED` if an expiry ended that subscription, else
-    /// `NOT_SUBSCRIBED`.
+    /// `TOKEN_EXPIRED` (or `TOKEN_REVOKED`) if an expiry (or a revocation)
+    /// ended that subscription, else `NOT_SUBSCRIBED`.
     async fn not_subscribed(&mut self, doc: &str, message: &str, seq: u64) -> Flow {
-        let expired = DocId::parse(doc).is_ok_and(|id| self.expired_docs.contains(&id));
-        if expired {
-            let message = "the token for this document expired: Reauth, then Subscribe again";
-            return self.error(doc, ErrorCode::TokenExpired, message, seq).await;
+        let ended = DocId::parse(doc)
+            .ok()
+            .and_then(|id| self.ended_docs.get(&id).copied());
+        if let Some(code) = ended {
+            let what = ended_word(code);
+            let message =
+                format!("the token for this document {what}: Reauth, then Subscribe again");
+            return self.error(doc, code, message, seq).await;
         }
         self.error(doc, ErrorCode::NotSubscribed, message, seq)
             .await

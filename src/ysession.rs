@@ -79,6 +79,10 @@ pub mod close {
     /// The token expired while the socket was open. Final, like 4401:
     /// reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4440;
+    /// The token was revoked (by its `jti` or its `sub`), at the upgrade or
+    /// while the socket was open. Final, like 4401: reconnect with a token
+    /// that is not revoked.
+    pub const TOKEN_REVOKED: u16 = 4441;
     /// The server holds all the documents it may and cannot load this one.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     pub use crate::session::close::{PING_TIMEOUT, STALLED};

@@ -2,6 +2,7 @@
 //! the REST API. Handlers are thin; the work happens in [`crate::session`]
 //! and [`crate::doc`].
 
+mod admin;
 mod api;
 mod client_ip;
 mod conn_io;
@@ -19,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -101,6 +102,8 @@ pub fn app(state: AppState) -> Router {
         .merge(streams)
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(metrics::scrape))
+        .route("/admin/revocations", get(admin::list).post(admin::revoke))
+        .route("/admin/revocations/{kind}/{value}", delete(admin::remove))
         .route("/docs", get(api::list_docs))
         .route("/docs/{id}", put(api::create_doc).delete(api::delete_doc))
         .route("/docs/{id}/copy", post(api::copy_doc))

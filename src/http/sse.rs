@@ -5,7 +5,7 @@
 //! - `GET /events?docs=a,b`: several documents (or all) on one stream.
 //!
 //! Each stream needs a token that may read its documents (the all-documents
-//! feed: admin over `*`), and ends when that token expires; the browser's
+//! feed: admin over `*`), and ends when that token expires or is revoked; the browser's
 //! `EventSource` then reconnects, with a fresh `?token=` if the page gave
 //! it one.
 //!
@@ -94,10 +94,23 @@ where
     let expiry = principal
         .remaining()
         .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
+    // And when the token is revoked: re-checked at every revocation, and
+    // once at the start for one that landed since the request's check.
+    let mut revocations = app.auth.revocations().watch();
+    let (auth, principal) = (app.auth.clone(), principal.clone());
+    let revoked = async move {
+        while !auth.is_revoked(&principal) {
+            if revocations.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        tracing::debug!("SSE stream ends: its token was revoked");
+    };
     let end = async move {
         tokio::select! {
             () = shutdown => {},
             () = expiry => {},
+            () = revoked => {},
         }
     };
     let stream = stream.take_until(end);

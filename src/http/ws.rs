@@ -117,6 +117,8 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
     let expiry = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(expiry);
     let mut armed = None;
+    // Wakes the session when any token is revoked, to re-check its own.
+    let mut revocations = app.auth.revocations().watch();
     tracing::debug!("connection open");
     let mut writer_done = false;
     let flow = loop {
@@ -140,6 +142,7 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
             // Before reading: a frame that arrives after the deadline finds
             // the rights already gone.
             () = &mut expiry, if armed.is_some() => session.on_expiry().await,
+            Ok(()) = revocations.changed() => session.on_revocation().await,
             outcome = session.next_ack(), if session.has_pending_acks() => {
                 session.on_ack(outcome).await
             }

@@ -9,7 +9,7 @@
 //!
 //! A refused token is answered after the upgrade, with a close code in the
 //! 4400-4499 range (4401 missing or invalid, 4403 another document, 4440
-//! expired, at the upgrade or later on the open socket), rather than with an HTTP
+//! expired, 4441 revoked, at the upgrade or later on the open socket), rather than with an HTTP
 //! status: the provider sees no status, only a failed connection that it
 //! retries forever, whereas a 44xx close stops it and tells the app why.
 
@@ -55,6 +55,7 @@ pub async fn upgrade(
     let ws = ws.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
     let access = match app.auth.from_http(&headers, &uri) {
         Err(e @ AuthError::Expired) => Err((close::TOKEN_EXPIRED, e.to_string())),
+        Err(e @ AuthError::Revoked) => Err((close::TOKEN_REVOKED, e.to_string())),
         Err(e) => Err((close::UNAUTHORIZED, e.to_string())),
         Ok(principal) => match principal.require(Action::Read, &doc) {
             Ok(()) => Ok(principal),
@@ -120,6 +121,10 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
         .remaining()
         .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
     tokio::pin!(expiry);
+    // Wakes the loop when any token is revoked. Checked once now too: a
+    // revocation between the upgrade's check and here has already fired.
+    let mut revocations = app.auth.revocations().watch();
+    let revoked_now = app.auth.is_revoked(&principal);
     let mut keepalive = tokio::time::interval_at(
         tokio::time::Instant::now() + KEEPALIVE_EVERY,
         KEEPALIVE_EVERY,
@@ -136,6 +141,16 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
                 Flow::Close(close::GOING_AWAY, "server shutting down".into())
             }
             () = &mut expiry => Flow::Close(close::TOKEN_EXPIRED, "token expired".into()),
+            () = std::future::ready(()), if revoked_now => {
+                Flow::Close(close::TOKEN_REVOKED, "token revoked".into())
+            }
+            Ok(()) = revocations.changed() => {
+                if app.auth.is_revoked(&principal) {
+                    Flow::Close(close::TOKEN_REVOKED, "token revoked".into())
+                } else {
+                    Flow::Continue
+                }
+            }
             // The writer gave up on the socket (it stalled, or failed).
             _ = &mut writer => {
                 writer_done = true;

@@ -194,6 +194,32 @@ pub trait DocStore: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
+/// One stored revocation record: key and value, as [`crate::revocation`] encodes them.
+pub type RevocationRecord = (Vec<u8>, Vec<u8>);
+
+/// Where token revocations ([`crate::revocation`]) are kept: a small keyed
+/// set beside the documents. Every method blocks (call it from a blocking
+/// thread); writes are durable before they return, because a revocation
+/// acknowledged to an admin must survive a crash.
+pub trait RevocationStore: Send + Sync + 'static {
+    /// Every stored `(key, value)` pair, in key order.
+    ///
+    /// # Errors
+    /// I/O failures.
+    fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
+
+    /// Stores `value` under `key` (replacing any) and removes `remove`, in
+    /// one durable batch.
+    ///
+    /// # Errors
+    /// I/O failures; then nothing may be considered written.
+    fn write_revocations(
+        &self,
+        put: Option<(&[u8], &[u8])>,
+        remove: &[Vec<u8>],
+    ) -> Result<(), StoreError>;
+}
+
 /// What a deleted document leaves behind: while it exists, the id stays
 /// deleted (no client can bring the document back by pushing its copy);
 /// only [`WriteOp::Revive`] removes it. Retention never touches it.

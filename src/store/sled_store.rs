@@ -4,7 +4,8 @@
 //! `snapshots` (id 0x00 seq → [`Snapshot`]) and `versions` (id 0x00 seq →
 //! [`Version`]), with `seq` big-endian so a prefix scan returns a document's
 //! records in order; `tombstones` (id → [`Tombstone`]) for deleted documents. Doc ids never contain NUL, so
-//! no id's keys can run into another's.
+//! no id's keys can run into another's. `revocations` (`jti:<id>` or
+//! `sub:<name>` → [`crate::revocation`]'s record) holds revoked tokens.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,8 +17,8 @@ use prost::Message;
 use sled::Transactional;
 
 use super::{
-    DocMeta, DocSize, DocStore, LogEntry, Snapshot, StoreError, StoredDoc, Tombstone, Version,
-    WriteOp,
+    DocMeta, DocSize, DocStore, LogEntry, RevocationStore, Snapshot, StoreError, StoredDoc,
+    Tombstone, Version, WriteOp,
 };
 use crate::doc::DocId;
 
@@ -30,6 +31,7 @@ pub struct SledStore {
     snapshots: sled::Tree,
     versions: sled::Tree,
     tombstones: sled::Tree,
+    revocations: sled::Tree,
     dir: PathBuf,
     _lock: File,
 }
@@ -132,6 +134,7 @@ impl SledStore {
             snapshots: db.open_tree("snapshots")?,
             versions: db.open_tree("versions")?,
             tombstones: db.open_tree("tombstones")?,
+            revocations: db.open_tree("revocations")?,
             db,
             dir: dir.to_owned(),
             _lock: lock,
@@ -471,6 +474,35 @@ impl DocStore for SledStore {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+}
+
+impl RevocationStore for SledStore {
+    fn revocations(&self) -> Result<Vec<super::RevocationRecord>, StoreError> {
+        self.revocations
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn write_revocations(
+        &self,
+        put: Option<(&[u8], &[u8])>,
+        remove: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in remove {
+            batch.remove(key.as_slice());
+        }
+        if let Some((key, value)) = put {
+            batch.insert(key, value);
+        }
+        self.revocations.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 

@@ -25,18 +25,18 @@ use crate::support::{ChildServer, TestServer, PATIENCE};
 use crate::sync::presence;
 
 /// The secret every server in these tests signs with.
-const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+pub(crate) const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 
 /// How far ahead a short-lived token expires. JWT expiry has whole-second
 /// resolution, so this is 2 to 3 s from now: long enough to connect and
 /// edit on a loaded machine, short enough to wait for.
 const SHORT_TTL_SECS: u64 = 3;
 
-fn secret() -> AuthSecret {
+pub(crate) fn secret() -> AuthSecret {
     SECRET.parse().expect("any string is a secret")
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -60,6 +60,8 @@ fn token_signed(
         role,
         exp: now_secs().saturating_add_signed(ttl_secs),
         sub: sub.map(str::to_owned),
+        jti: None,
+        iat: None,
     };
     Auth::with_secret(secret)
         .expect("long enough")
@@ -72,7 +74,7 @@ fn valid(docs: &[&str], role: Role, sub: &str) -> String {
     token(docs, role, Some(sub), 3600)
 }
 
-async fn start(dir: &std::path::Path) -> TestServer {
+pub(crate) async fn start(dir: &std::path::Path) -> TestServer {
     TestServer::start_with(dir, |c| c.auth_secret = Some(secret())).await
 }
 
@@ -87,7 +89,7 @@ async fn next_error(conn: &mut Connection) -> v1::Error {
 }
 
 /// The next `Error` an editor receives, applying anything else.
-async fn editor_error(editor: &mut Editor) -> v1::Error {
+pub(crate) async fn editor_error(editor: &mut Editor) -> v1::Error {
     loop {
         if let Event::Error(e) = editor.pump().await.expect("pump") {
             return e;
@@ -95,11 +97,11 @@ async fn editor_error(editor: &mut Editor) -> v1::Error {
     }
 }
 
-fn code(e: &v1::Error) -> ErrorCode {
+pub(crate) fn code(e: &v1::Error) -> ErrorCode {
     ErrorCode::try_from(e.code).expect("a known code")
 }
 
-fn refused_code(result: Result<impl Sized, ClientError>) -> ErrorCode {
+pub(crate) fn refused_code(result: Result<impl Sized, ClientError>) -> ErrorCode {
     match result {
         Err(ClientError::Refused(e)) => code(&e),
         Err(other) => panic!("expected a refusal, got {other}"),
@@ -118,7 +120,7 @@ async fn subscribe(conn: &mut Connection, doc: &str, token: &str) {
 }
 
 /// GET `path` with an optional bearer token: status and JSON error code (if any).
-async fn get(server: &TestServer, path: &str, bearer: Option<&str>) -> (u16, String) {
+pub(crate) async fn get(server: &TestServer, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut req = reqwest::Client::new().get(server.url(path));
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
@@ -141,7 +143,7 @@ async fn doc_ids(server: &TestServer, token: &str) -> Vec<String> {
         .collect()
 }
 
-fn error_code_of(body: &str) -> String {
+pub(crate) fn error_code_of(body: &str) -> String {
     let v: Value = serde_json::from_str(body).expect("JSON error");
     v["error"]["code"].as_str().unwrap_or_default().to_owned()
 }
@@ -505,12 +507,12 @@ async fn an_expired_token_loses_its_rights_on_the_open_socket_until_reauth() {
 }
 
 /// A y-websocket client reduced to what these tests need.
-struct YConn {
+pub(crate) struct YConn {
     ws: folio::client::WsStream,
 }
 
 impl YConn {
-    async fn open(server: &TestServer, doc: &str, token: Option<&str>) -> Self {
+    pub(crate) async fn open(server: &TestServer, doc: &str, token: Option<&str>) -> Self {
         let mut url = format!("ws://{}/yjs/{doc}", server.addr);
         if let Some(t) = token {
             url.push_str(&format!("?token={t}"));
@@ -521,7 +523,7 @@ impl YConn {
         Self { ws }
     }
 
-    async fn send(&mut self, frame: Bytes) {
+    pub(crate) async fn send(&mut self, frame: Bytes) {
         self.ws.send(Message::Binary(frame)).await.expect("send");
     }
 
@@ -542,7 +544,7 @@ impl YConn {
         }
     }
 
-    async fn close_code(&mut self) -> u16 {
+    pub(crate) async fn close_code(&mut self) -> u16 {
         loop {
             if let Err(code) = self.next().await {
                 return code;

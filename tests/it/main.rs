@@ -12,6 +12,7 @@ mod http2;
 mod http_api;
 mod limits;
 mod metrics;
+mod revocation;
 mod sse;
 mod support;
 mod sync;
