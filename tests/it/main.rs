@@ -16,5 +16,6 @@ mod sse;
 mod support;
 mod sync;
 mod traces;
+mod vacuum;
 mod web;
 mod yjs;
