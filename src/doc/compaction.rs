@@ -223,27 +223,27 @@ mod tests {
             next_move_ms: Some(5_000),
             ..CompactStats::default()
         };
-        let pass = LastPass::new(meta.clone(), 2_000, &quiet);
+        let pass = LastPass::new(meta, 2_000, &quiet);
         assert!(!pass.due(&meta, 4_999));
         assert!(pass.due(&meta, 5_000));
         let written = DocMeta {
             last_seq: 4,
-            ..meta.clone()
+            ..meta
         };
         assert!(pass.due(&written, 2_001));
         let snapshot = DocMeta {
             snapshot_seq: 3,
-            ..meta.clone()
+            ..meta
         };
         assert!(pass.due(&snapshot, 2_001));
-        let daily = LastPass::new(meta.clone(), 2_000, &CompactStats::default());
+        let daily = LastPass::new(meta, 2_000, &CompactStats::default());
         assert!(!daily.due(&meta, i64::MAX));
         let wrote = CompactStats {
             versions_removed: 1,
             next_move_ms: Some(5_000),
             ..CompactStats::default()
         };
-        assert!(LastPass::new(meta.clone(), 2_000, &wrote).due(&meta, 2_000));
+        assert!(LastPass::new(meta, 2_000, &wrote).due(&meta, 2_000));
     }
 
     #[tokio::test]
