@@ -109,6 +109,7 @@ async fn vacuum_shrinks_a_compacted_data_dir_and_keeps_all_history() {
     let out = folio_ok(&data, &["vacuum"]);
     assert!(out.contains("vacuumed"), "{out}");
     let bytes_after = dir_bytes(&data);
+    eprintln!("data dir after compaction: {bytes_before} bytes; after vacuum: {bytes_after}");
     assert!(
         bytes_after < bytes_before,
         "the data dir shrank: {bytes_before} -> {bytes_after} bytes ({out})"
