@@ -6,9 +6,15 @@
 //!   final state (the floor);
 //! - record and on-disk bytes per update before and after compaction with
 //!   the default retention policy (all of it is years old: daily);
-//! - `folio check` on that data dir, timed as a child process.
+//! - `folio check` on that data dir, timed as a child process;
+//! - and, apart, the cost of an hourly compaction pass over 10,000 idle
+//!   documents (20 log entries each, 40 days old, already compact): a pass
+//!   that reads every document (the first after a start) against the next
+//!   one, which skips them all (`DocRegistry::compact_all`).
 //!
-//! Run: `cargo bench --bench history` (prints a markdown table and JSON).
+//! Run: `cargo bench --bench history` (prints markdown tables and JSON);
+//! `cargo bench --bench history -- idle` runs only the idle-documents case,
+//! `-- blog` only the seph-blog1 one.
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +63,155 @@ fn parse_ms(iso: &str) -> i64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; the first other argument filters.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let wants = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if wants("seph-blog1") {
+        blog();
+    }
+    if wants("idle-docs") {
+        idle_docs();
+    }
+}
+
+/// Idle documents in the compaction benchmark.
+const IDLE_DOCS: usize = 10_000;
+/// Log entries per idle document.
+const IDLE_ENTRIES: usize = 20;
+/// Passes timed of each kind.
+const COLD_PASSES: usize = 3;
+const WARM_PASSES: usize = 10;
+
+/// A registry over `store`, as `folio serve` builds one (defaults).
+fn registry(store: &std::sync::Arc<dyn DocStore>) -> folio::doc::DocRegistry {
+    let (writer, _thread) = folio::store::StoreWriter::start(store.clone(), 8192).expect("writer");
+    let settings = folio::doc::ShardSettings {
+        snapshot_every_updates: 5_000,
+        snapshot_interval: Duration::from_secs(60),
+        version_idle: Duration::from_secs(60),
+        max_doc_bytes: 0,
+    };
+    let feeds = folio::feed::FeedHub::new(
+        1,
+        folio::feed::FeedSettings {
+            activity_window: Duration::from_millis(100),
+            history_events: 100,
+            history_age: Duration::from_secs(60),
+        },
+    );
+    folio::doc::DocRegistry::new(store.clone(), writer, settings, feeds)
+}
+
+/// 10,000 idle documents: the time of a compaction pass that reads every
+/// one against one that skips them all.
+fn idle_docs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("open");
+    let started_ms = now_ms() - 40 * 24 * 3_600_000;
+    let started = Instant::now();
+    let mut ops = Vec::new();
+    for d in 0..IDLE_DOCS {
+        let doc = DocId::parse(&format!("idle-{d:05}")).expect("id");
+        let ydoc = folio::client::new_doc();
+        let text = ydoc.get_or_insert_text(folio::doc::TEXT_NAME);
+        ops.push(WriteOp::Create {
+            doc: doc.clone(),
+            time_ms: started_ms,
+        });
+        for i in 0..IDLE_ENTRIES {
+            let update = {
+                let mut txn = ydoc.transact_mut();
+                let len = text.len(&txn);
+                text.insert(&mut txn, len, "word ");
+                txn.encode_update_v1()
+            };
+            ops.push(WriteOp::Append {
+                doc: doc.clone(),
+                seq: i as u64 + 1,
+                entry: LogEntry {
+                    time_ms: started_ms + i as i64 * 60_000,
+                    // Alternating authors: nothing to merge, already compact.
+                    author: ["ann", "bob"][i % 2].into(),
+                    update: update.into(),
+                    first_seq: 0,
+                },
+                text_len: (i as u64 + 1) * 5,
+            });
+        }
+        let last_ms = started_ms + (IDLE_ENTRIES as i64 - 1) * 60_000;
+        ops.push(WriteOp::Snapshot {
+            doc: doc.clone(),
+            seq: IDLE_ENTRIES as u64,
+            snapshot: Snapshot {
+                time_ms: last_ms,
+                state: ydoc
+                    .transact()
+                    .encode_diff_v1(&StateVector::default())
+                    .into(),
+            },
+            version: Version {
+                time_ms: last_ms,
+                kind: VersionKind::Auto as i32,
+                label: String::new(),
+                text_len: IDLE_ENTRIES as u64 * 5,
+                authors: vec!["ann".into(), "bob".into()],
+            },
+        });
+        if ops.len() >= 8192 {
+            store.write(&ops).expect("write");
+            ops.clear();
+        }
+    }
+    store.write(&ops).expect("write");
+    let write_s = started.elapsed().as_secs_f64();
+    let store: std::sync::Arc<dyn DocStore> = std::sync::Arc::new(store);
+    let policy = retention::RetentionPolicy::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (cold, warm) = runtime.block_on(async {
+        let mut cold = Vec::new();
+        let mut warm = Vec::new();
+        for _ in 0..COLD_PASSES {
+            // A fresh registry knows no pass: it reads every document.
+            let registry = registry(&store);
+            let started = Instant::now();
+            let counts = registry.compact_all(policy).await.expect("pass");
+            cold.push(started.elapsed());
+            assert_eq!((counts.compacted, counts.skipped), (IDLE_DOCS, 0));
+            if warm.is_empty() {
+                for _ in 0..WARM_PASSES {
+                    let started = Instant::now();
+                    let counts = registry.compact_all(policy).await.expect("pass");
+                    warm.push(started.elapsed());
+                    assert_eq!((counts.compacted, counts.skipped), (0, IDLE_DOCS));
+                }
+            }
+        }
+        cold.sort();
+        warm.sort();
+        (cold, warm)
+    });
+    let (cold_ms, warm_ms) = (percentile(&cold, 0.5), percentile(&warm, 0.5));
+    println!("| measure ({IDLE_DOCS} idle documents, {IDLE_ENTRIES} log entries each) | value |");
+    println!("| --- | --- |");
+    println!("| write them | {write_s:.2} s |");
+    println!("| compaction pass that reads every document (first after a start), median of {COLD_PASSES} | {cold_ms:.0} ms |");
+    println!("| compaction pass that skips them all (the next one), median of {WARM_PASSES} | {warm_ms:.1} ms |");
+    println!(
+        "{}",
+        serde_json::json!({
+            "idle_docs": IDLE_DOCS,
+            "entries_per_doc": IDLE_ENTRIES,
+            "pass_reading_all_ms": cold_ms,
+            "pass_skipping_all_ms": warm_ms,
+        })
+    );
+}
+
+/// seph-blog1: rebuilds, bytes per update, compaction and `folio check`.
+fn blog() {
     let trace = Trace::load(shared_trace("sequential/seph-blog1.json.gz")).expect("trace");
     let dir = tempfile::tempdir().expect("tempdir");
     let doc = DocId::parse("seph-blog1").expect("id");

@@ -1,6 +1,6 @@
 //! The offline subcommands of `folio`: they open a data dir directly (never
 //! while a server holds it) to list, export, import, inspect, replay,
-//! compact and check documents. Each returns what it prints, or an error
+//! compact and check documents, and vacuum the data dir. Each returns what it prints, or an error
 //! with a message for people; `main` prints and sets the exit code.
 
 use std::io::{IsTerminal, Write};
@@ -15,7 +15,8 @@ use crate::doc::{decode_guarded, new_doc, DocId, TEXT_NAME};
 use crate::feed::delta::Summary;
 use crate::history::{self, retention, HistoryError, Replayer};
 use crate::store::{
-    now_ms, DocStore, LogEntry, SledStore, Snapshot, StoreError, Version, VersionKind, WriteOp,
+    now_ms, vacuum, DocStore, LogEntry, SledStore, Snapshot, StoreError, Version, VersionKind,
+    WriteOp,
 };
 
 /// Why an offline command failed.
@@ -36,6 +37,17 @@ pub enum CliError {
     },
     #[error("{0} document(s) failed the check")]
     CheckFailed(usize),
+    #[error("vacuum: {0}")]
+    Vacuum(vacuum::VacuumError),
+}
+
+impl From<vacuum::VacuumError> for CliError {
+    fn from(e: vacuum::VacuumError) -> Self {
+        match e {
+            vacuum::VacuumError::Store(e) => e.into(),
+            e => Self::Vacuum(e),
+        }
+    }
 }
 
 impl From<StoreError> for CliError {
@@ -480,4 +492,27 @@ pub fn check(dir: &DataDir, json: bool, out: &mut dyn Write) -> Result<(), CliEr
         return Err(CliError::CheckFailed(failed));
     }
     Ok(())
+}
+
+/// `folio vacuum`: rewrites the data dir into a fresh one to give back the
+/// space of replaced records (see [`crate::store::vacuum`]).
+///
+/// # Errors
+/// [`CliError::Busy`] if a server holds the dir (nothing is changed); a
+/// dir without data; a copy that does not verify; storage failures.
+pub fn vacuum(dir: &DataDir) -> Result<String, CliError> {
+    let report = vacuum::vacuum(&dir.data_dir)?;
+    let mut out = String::new();
+    if let Some(recovered) = &report.recovered {
+        out.push_str(&format!("{recovered}\n"));
+    }
+    let records: u64 = report.trees.iter().map(|(_, n)| n).sum();
+    out.push_str(&format!(
+        "vacuumed {}: {records} records in {} trees; {} -> {} bytes\n",
+        dir.data_dir.display(),
+        report.trees.len(),
+        report.bytes_before,
+        report.bytes_after,
+    ));
+    Ok(out)
 }

@@ -107,6 +107,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite the data dir into a fresh one, giving back the space of
+    /// replaced records (no server may hold it; needs disk for a second copy).
+    Vacuum {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,6 +173,7 @@ fn main() -> ExitCode {
             retention,
         } => cli::compact(&dir, doc.as_deref(), &retention).map(print),
         Command::Check { dir, json } => cli::check(&dir, json, &mut std::io::stdout().lock()),
+        Command::Vacuum { dir } => cli::vacuum(&dir).map(print),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

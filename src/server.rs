@@ -52,6 +52,8 @@ impl Storage {
     /// # Errors
     /// The dir is locked or cannot be opened.
     pub fn open(data_dir: &Path, config: &ServeConfig) -> Result<Self, ServerError> {
+        // The data may be in a sibling dir: never start on an empty one.
+        crate::store::vacuum::refuse_leftovers(data_dir)?;
         let sled = Arc::new(SledStore::open(data_dir)?);
         let revocations = Arc::new(Revocations::load(sled.clone())?);
         let store: Arc<dyn DocStore> = sled;
@@ -255,8 +257,10 @@ async fn upkeep_loop(registry: Arc<DocRegistry>, evict_after: Duration, cancel: 
 }
 
 /// Applies the retention policy to every document every `period` (never if
-/// zero), one document at a time. A pass cut short by shutdown leaves every
-/// document either compacted or untouched: each write is one batch.
+/// zero), one document at a time, skipping documents nothing can have
+/// changed for since their last pass (see `doc/compaction.rs`). A pass cut
+/// short by shutdown leaves every document either compacted or untouched:
+/// each write is one batch.
 async fn compaction_loop(
     registry: Arc<DocRegistry>,
     policy: crate::history::retention::RetentionPolicy,
@@ -276,7 +280,12 @@ async fn compaction_loop(
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     done = pass => match done {
-                        Ok(n) => tracing::debug!(docs = n, "compaction pass done"),
+                        Ok(counts) => tracing::debug!(
+                            compacted = counts.compacted,
+                            skipped = counts.skipped,
+                            failed = counts.failed,
+                            "compaction pass done"
+                        ),
                         Err(e) => tracing::warn!(error = %e, "compaction pass failed"),
                     },
                 }

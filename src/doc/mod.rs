@@ -4,12 +4,14 @@
 //! [`Peer`]s subscribed to it. The [`DocRegistry`] loads each shard once, on
 //! first use, and evicts it when nobody has used it for a grace period.
 
+mod compaction;
 mod id;
 mod peer;
 mod registry;
 mod shard;
 mod update_check;
 
+pub use compaction::PassCounts;
 pub use id::{DocId, DocIdError, MAX_DOC_ID_BYTES};
 pub use peer::{DropReason, Outbound, OutboundRx, Peer, QueueMeter, SendError, Wire};
 pub use registry::{DocInfo, DocRegistry, IfDeleted, Initial, RegistryError};

@@ -18,10 +18,10 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
+use super::compaction::LastPass;
 use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
 use super::DocId;
 use crate::feed::FeedHub;
-use crate::history::retention::{self, CompactStats, RetentionPolicy};
 use crate::history::HistoryError;
 use crate::store::{
     now_ms, DocMeta, DocStore, StoreError, StoreWriter, Tombstone, Version, VersionKind,
@@ -119,6 +119,9 @@ pub struct DocRegistry {
     max_resident: usize,
     /// The zero of `Slot::last_used_ms`.
     started: Instant,
+    /// What each document's last compaction pass saw, so that the next
+    /// pass skips it if nothing can have changed (see `compaction.rs`).
+    pub(super) passes: DashMap<DocId, LastPass>,
 }
 
 impl DocRegistry {
@@ -139,6 +142,7 @@ impl DocRegistry {
             deleting: DashMap::new(),
             max_resident: 0,
             started: Instant::now(),
+            passes: DashMap::new(),
         }
     }
 
@@ -486,6 +490,7 @@ impl DocRegistry {
         .await;
         self.deleting.remove(id);
         if result.is_ok() {
+            self.passes.remove(id);
             self.feeds.feed(id, || 0).lifecycle("deleted");
             tracing::info!(doc = %id, "document deleted");
         }
@@ -513,75 +518,6 @@ impl DocRegistry {
         let (seq, version, durable) = shard.save_version(VersionKind::Manual, label).await?;
         durable.await.map_err(|_| ShardError::ShuttingDown)??;
         Ok((seq, version))
-    }
-
-    /// Applies the retention policy to `id`'s history. The writes queue
-    /// behind live updates; answers once they are durable.
-    ///
-    /// # Errors
-    /// Storage failures; a stored update that does not merge.
-    pub async fn compact(
-        &self,
-        id: &DocId,
-        policy: RetentionPolicy,
-    ) -> Result<CompactStats, RegistryError> {
-        // Whatever was acknowledged is readable before planning.
-        self.writer
-            .barrier()
-            .await
-            .map_err(|_| ShardError::ShuttingDown)?;
-        let (store, key) = (self.store.clone(), id.clone());
-        let (ops, stats) = tokio::task::spawn_blocking(move || {
-            retention::plan(store.as_ref(), &key, &policy, now_ms())
-        })
-        .await
-        .map_err(|e| RegistryError::Join(e.to_string()))??;
-        let mut last = None;
-        for op in ops {
-            let permit = self
-                .writer
-                .reserve()
-                .await
-                .map_err(|_| ShardError::ShuttingDown)?;
-            last = Some(permit.send(op));
-        }
-        if let Some(durable) = last {
-            durable.await.map_err(|_| ShardError::ShuttingDown)??;
-        }
-        Ok(stats)
-    }
-
-    /// Compacts every stored document, one at a time. Returns how many it
-    /// compacted and the totals.
-    ///
-    /// # Errors
-    /// Listing failed; a document that fails is logged and skipped.
-    pub async fn compact_all(&self, policy: RetentionPolicy) -> Result<usize, RegistryError> {
-        /// Documents listed at a time.
-        const PAGE: usize = 256;
-        let mut after: Option<String> = None;
-        let mut done = 0;
-        loop {
-            let (store, from) = (self.store.clone(), after.clone());
-            let page =
-                tokio::task::spawn_blocking(move || store.list_page("", from.as_deref(), PAGE))
-                    .await
-                    .map_err(|e| RegistryError::Join(e.to_string()))??;
-            let Some((last, _)) = page.last() else {
-                return Ok(done);
-            };
-            after = Some(last.to_string());
-            for (id, _) in page {
-                match self.compact(&id, policy).await {
-                    Ok(stats) => {
-                        done += 1;
-                        tracing::debug!(doc = %id, ?stats, "compacted");
-                    }
-                    Err(RegistryError::Shard(ShardError::ShuttingDown)) => return Ok(done),
-                    Err(e) => tracing::warn!(doc = %id, error = %e, "compaction failed"),
-                }
-            }
-        }
     }
 
     /// One upkeep pass over every resident shard: time-based snapshots and
@@ -686,13 +622,13 @@ fn describe_resident(id: &DocId, info: &ShardInfo, watchers: usize) -> DocInfo {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::feed::FeedSettings;
     use crate::store::SledStore;
 
     /// A registry over a sled store in `dir`.
-    fn test_registry(dir: &std::path::Path) -> DocRegistry {
+    pub(crate) fn test_registry(dir: &std::path::Path) -> DocRegistry {
         let store: Arc<dyn DocStore> = Arc::new(SledStore::open(dir).expect("open"));
         let (writer, _thread) = StoreWriter::start(store.clone(), 64).expect("writer");
         let settings = ShardSettings {

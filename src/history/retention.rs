@@ -73,6 +73,21 @@ impl RetentionPolicy {
             Some((1, time_ms.div_euclid(DAY_MS)))
         }
     }
+
+    /// The first time after `now_ms` at which a record made at `time_ms`
+    /// changes tier (and so bucket): when it turns `keep_all` old (from
+    /// kept as is to hourly, or straight to daily if `hourly_for` is not
+    /// longer), then when it turns `hourly_for` old (hourly to daily).
+    /// `None` once it is daily: its bucket never changes again. Between
+    /// two such times, [`plan`] classifies the record the same way.
+    pub fn next_move_ms(&self, time_ms: i64, now_ms: i64) -> Option<i64> {
+        let keep_all = ms(self.keep_all);
+        let to_daily = keep_all.max(ms(self.hourly_for));
+        [keep_all, to_daily]
+            .into_iter()
+            .map(|age| time_ms.saturating_add(age))
+            .find(|&at| at > now_ms)
+    }
 }
 
 /// What one compaction did (or would do).
@@ -85,6 +100,26 @@ pub struct CompactStats {
     /// Log entries before and after merging.
     pub log_entries_before: u64,
     pub log_entries_after: u64,
+    /// The earliest time after the pass at which a version or log entry of
+    /// the document moves to another tier or bucket; `None` if none ever
+    /// will (all of it is daily already). Until then, and while nothing is
+    /// written to the document, another pass would plan the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_move_ms: Option<i64>,
+}
+
+impl CompactStats {
+    /// Whether the pass changed anything (removed a version or merged log
+    /// entries).
+    pub fn wrote(&self) -> bool {
+        self.versions_removed > 0 || self.log_entries_after < self.log_entries_before
+    }
+
+    fn saw(&mut self, policy: &RetentionPolicy, time_ms: i64, now_ms: i64) {
+        if let Some(at) = policy.next_move_ms(time_ms, now_ms) {
+            self.next_move_ms = Some(self.next_move_ms.map_or(at, |m| m.min(at)));
+        }
+    }
 }
 
 /// Plans the compaction of `doc` at `now_ms`: the writes that apply the
@@ -105,6 +140,7 @@ pub fn plan(
     // Per bucket, the newest unlabelled version in it: kept.
     let mut newest_in_bucket: HashMap<(u8, i64), u64> = HashMap::new();
     for (seq, v) in &versions {
+        stats.saw(policy, v.time_ms, now_ms);
         if let Some(bucket) = policy.bucket(v.time_ms, now_ms) {
             if v.label.is_empty() {
                 newest_in_bucket.insert(bucket, *seq);
@@ -188,6 +224,7 @@ pub fn plan(
         after = *last;
         for (seq, entry) in entries {
             stats.log_entries_before += 1;
+            stats.saw(policy, entry.time_ms, now_ms);
             let Some(bucket) = policy.bucket(entry.time_ms, now_ms) else {
                 // Young: kept as is.
                 merger.end_run()?;
@@ -454,6 +491,81 @@ mod tests {
         let (again, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
         assert!(again.is_empty(), "{again:?}");
         assert_eq!(stats.versions_removed, 0);
+    }
+
+    #[test]
+    fn next_move_is_the_first_tier_boundary_after_now() {
+        let policy = RetentionPolicy {
+            keep_all: Duration::from_secs(3600),
+            hourly_for: Duration::from_secs(48 * 3600),
+            max_snapshot_gap: u64::MAX,
+        };
+        let t = NOW - 10 * MIN_MS;
+        let (to_hourly, to_daily) = (t + HOUR_MS, t + 48 * HOUR_MS);
+        // Young: it moves to hourly when it turns keep_all old...
+        assert_eq!(policy.next_move_ms(t, NOW), Some(to_hourly));
+        assert_eq!(policy.next_move_ms(t, to_hourly - 1), Some(to_hourly));
+        // ...which `plan` sees at that very millisecond, not a moment before.
+        assert_eq!(policy.bucket(t, to_hourly - 1), None);
+        assert!(policy.bucket(t, to_hourly).is_some());
+        // Hourly: next it moves to daily.
+        assert_eq!(policy.next_move_ms(t, to_hourly), Some(to_daily));
+        assert_eq!(policy.next_move_ms(t, to_daily - 1), Some(to_daily));
+        assert_eq!(
+            policy.bucket(t, to_daily - 1),
+            Some((0, t.div_euclid(HOUR_MS)))
+        );
+        assert_eq!(policy.bucket(t, to_daily), Some((1, t.div_euclid(DAY_MS))));
+        // Daily: it never moves again.
+        assert_eq!(policy.next_move_ms(t, to_daily), None);
+        // A record from the future (a clock jump) moves keep_all after its time.
+        assert_eq!(
+            policy.next_move_ms(NOW + MIN_MS, NOW),
+            Some(NOW + MIN_MS + HOUR_MS)
+        );
+        // An hourly tier no longer than keep_all: straight to daily, one move.
+        let no_hourly = RetentionPolicy {
+            hourly_for: Duration::from_secs(60),
+            ..policy
+        };
+        assert_eq!(no_hourly.next_move_ms(t, NOW), Some(to_hourly));
+        assert_eq!(no_hourly.next_move_ms(t, to_hourly), None);
+        assert_eq!(
+            no_hourly.bucket(t, to_hourly),
+            Some((1, t.div_euclid(DAY_MS)))
+        );
+        // Huge ages saturate instead of overflowing.
+        let forever = RetentionPolicy {
+            keep_all: Duration::MAX,
+            ..policy
+        };
+        assert_eq!(forever.next_move_ms(t, NOW), Some(i64::MAX));
+    }
+
+    #[test]
+    fn plan_reports_the_earliest_move_over_versions_and_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path()).expect("open");
+        let doc = DocId::parse("moves").expect("id");
+        let policy = RetentionPolicy::default();
+        let keep_all = ms(policy.keep_all);
+        let hourly_for = ms(policy.hourly_for);
+        let old = NOW - 40 * DAY_MS;
+        let hourly = NOW - 2 * DAY_MS;
+        let young = NOW - HOUR_MS;
+        history(
+            &store,
+            &doc,
+            &[(old, "ann", ""), (hourly, "ann", ""), (young, "ann", "")],
+        );
+        let (_, stats) = plan(&store, &doc, &policy, NOW).expect("plan");
+        // The young entry turns keep_all old before the hourly one turns
+        // hourly_for old.
+        assert_eq!(stats.next_move_ms, Some(young + keep_all));
+        let (_, stats) = plan(&store, &doc, &policy, young + keep_all).expect("plan");
+        assert_eq!(stats.next_move_ms, Some(hourly + hourly_for));
+        let (_, stats) = plan(&store, &doc, &policy, young + hourly_for).expect("plan");
+        assert_eq!(stats.next_move_ms, None, "all of it is daily");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - a [`DocMeta`] summary for listing documents without loading them.
 
 mod sled_store;
+pub mod vacuum;
 mod writer;
 
 pub use sled_store::SledStore;
@@ -27,6 +28,8 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("a `folio vacuum` of {path} was interrupted (or is running): {path}.vacuum-tmp or {path}.vacuum-old exists; run `folio vacuum --data-dir {path}` to finish or undo it")]
+    VacuumLeftover { path: std::path::PathBuf },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record {key}: {detail}")]

@@ -90,7 +90,29 @@ fn decode<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M, StoreErro
 /// right after a close can find it busy for a moment.
 const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+/// Locks `<dir>/folio.lock` exclusively (creating it), for as long as the
+/// returned file is open.
+///
+/// # Errors
+/// [`StoreError::Locked`] if another process (or another open of it in
+/// this one) holds it; I/O failures.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let lock_path = dir.join("folio.lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))?;
+    if lock.try_lock_exclusive().is_err() {
+        return Err(StoreError::Locked {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(lock)
+}
+
+pub(super) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + SLED_LOCK_WAIT;
     loop {
         match sled::Config::new()
@@ -115,18 +137,7 @@ impl SledStore {
     /// [`StoreError::Locked`] if another process holds the dir; I/O and sled errors.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join("folio.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if lock.try_lock_exclusive().is_err() {
-            return Err(StoreError::Locked {
-                path: dir.to_owned(),
-            });
-        }
+        let lock = lock_dir(dir)?;
         let db = open_sled(&dir.join("sled"))?;
         Ok(Self {
             docs: db.open_tree("docs")?,

@@ -18,5 +18,6 @@ mod support;
 mod sync;
 mod traces;
 mod transport;
+mod vacuum;
 mod web;
 mod yjs;
