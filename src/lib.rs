@@ -13,10 +13,10 @@
 //! - [`http`]: the axum router: `/ws`, `/yjs/{doc}`, the REST API and its JSON errors; and
 //!   the socket wrapper every connection goes through (stall close, lingering close).
 //! - [`metrics`]: Prometheus metric names and the facade the hot paths call (`GET /metrics`).
-//! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, the HTTP
-//!   extractor and the `--allowed-origins` check.
-//! - [`revocation`]: revoked tokens (by `jti` or `sub`), durable, with the epoch that
-//!   wakes open connections to re-check their tokens.
+//! - [`auth`]: access tokens (HS256 JWTs), roles and doc patterns, `folio token`, and
+//!   [`auth::revocation`]: revoked tokens (by `jti` or `sub`), durable, with the epoch that
+//!   wakes open connections to re-check their tokens. No HTTP: its extractor and the
+//!   `--allowed-origins` check are in [`http`].
 //! - [`server`]: wires the parts together and runs until shutdown.
 //! - [`tls`]: `--tls-cert`/`--tls-key`: rustls with ALPN h2 and http/1.1, feeding `axum::serve`.
 //! - [`history`]: past states rebuilt from snapshots and the log: versions, points, diffs,
@@ -41,7 +41,6 @@ pub mod metrics;
 pub mod protocol;
 pub mod rate;
 pub mod remote;
-pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -25,7 +25,7 @@ enum Command {
     /// Run the server.
     Serve(ServeConfig),
     /// Mint an access token (signed with --auth-secret) and print it.
-    Token(folio::auth::TokenArgs),
+    Token(folio::auth::mint::TokenArgs),
     /// Revoke a token (--jti) or a user's tokens (--sub) on a running server.
     Revoke(folio::remote::RevokeArgs),
     /// List the documents of a data dir.

@@ -389,14 +389,11 @@ pub fn rate_limited(kind: crate::rate::Kind) {
     }
 }
 
-/// A connection was refused at a cap.
-pub fn connection_refused(cap: crate::http::Refused) {
+/// A connection was refused at a cap: `"total"` or `"per_ip"`.
+pub fn connection_refused(cap: &str) {
     if let Some(h) = HANDLES.get() {
-        let at = match cap {
-            crate::http::Refused::Total => 0,
-            crate::http::Refused::PerIp => 1,
-        };
-        if let Some(c) = h.connections_refused.get(at) {
+        let at = REFUSED_CAPS.iter().position(|c| *c == cap);
+        if let Some(c) = at.and_then(|at| h.connections_refused.get(at)) {
             c.increment(1);
         }
     }

@@ -11,11 +11,11 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::revocation::Revocations;
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 use crate::feed::FeedHub;
 use crate::http::{app, AppState, ConnInfo, ConnListener};
-use crate::revocation::Revocations;
 use crate::store::{now_ms, DocStore, SledStore, StoreError, StoreWriter, WriterThread};
 
 /// Longest wait for connections to finish closing at shutdown.

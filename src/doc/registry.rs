@@ -18,10 +18,10 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
-use super::compaction::LastPass;
 use super::shard::{DocShard, ShardError, ShardInfo, ShardSettings};
 use super::DocId;
 use crate::feed::FeedHub;
+use crate::history::last_pass::LastPass;
 use crate::history::HistoryError;
 use crate::store::{
     now_ms, DocMeta, DocStore, StoreError, StoreWriter, Tombstone, Version, VersionKind,

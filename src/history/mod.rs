@@ -14,6 +14,7 @@
 
 mod changes;
 mod check;
+pub mod last_pass;
 pub mod retention;
 
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! `/admin/revocations`: revoke tokens by id (`jti`) or user (`sub`), list
 //! the revocations in force, and remove one. Admin over `*` only, like the
 //! all-documents feed. The work (durable write, waking open sockets) is in
-//! [`crate::revocation`]; these handlers parse, check and map errors.
+//! [`crate::auth::revocation`]; these handlers parse, check and map errors.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::history::json_body;
 use super::{ApiError, AppState};
+use crate::auth::revocation::{Revocation, RevokeError, Target, MAX_REVOCATIONS};
 use crate::auth::{Action, Principal};
-use crate::revocation::{Revocation, RevokeError, Target, MAX_REVOCATIONS};
 
 /// The body of `POST /admin/revocations`: exactly one of `jti` and `sub`.
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,16 @@ pub enum Refused {
     PerIp,
 }
 
+impl Refused {
+    /// The cap's label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Total => "total",
+            Self::PerIp => "per_ip",
+        }
+    }
+}
+
 impl ConnectionLimiter {
     /// Caps of `max_total` connections and `max_per_ip` from one IP (0: none).
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
@@ -143,7 +153,7 @@ pub async fn limit(State(app): State<AppState>, mut req: Request, next: Next) ->
     let permit = match app.conns.acquire(ip) {
         Ok(permit) => permit,
         Err(refused) => {
-            crate::metrics::connection_refused(refused);
+            crate::metrics::connection_refused(refused.label());
             let message = match refused {
                 Refused::Total => format!(
                     "the server has {} connections open, its most; try again later",

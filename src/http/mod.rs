@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod auth;
 mod client_ip;
 mod conn_io;
 mod conns;
@@ -29,7 +30,9 @@ pub use conn_io::{CarryMark, ConnInfo, ConnListener, ConnState};
 pub use conns::{ConnectionLimiter, ConnectionPermit, Refused};
 pub use error::ApiError;
 
-use crate::auth::{AllowedOrigins, Auth};
+pub use auth::{unauthorized, AllowedOrigins};
+
+use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::doc::DocRegistry;
 
@@ -133,7 +136,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             AllowedOrigins::new(&state.config.allowed_origins),
-            crate::auth::check_origin,
+            auth::check_origin,
         ))
         // Outermost: the client's address and the connection's state, from
         // the listener (see `conn_io`), for everything inside.

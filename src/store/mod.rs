@@ -197,10 +197,10 @@ pub trait DocStore: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }
 
-/// One stored revocation record: key and value, as [`crate::revocation`] encodes them.
+/// One stored revocation record: key and value, as [`crate::auth::revocation`] encodes them.
 pub type RevocationRecord = (Vec<u8>, Vec<u8>);
 
-/// Where token revocations ([`crate::revocation`]) are kept: a small keyed
+/// Where token revocations ([`crate::auth::revocation`]) are kept: a small keyed
 /// set beside the documents. Every method blocks (call it from a blocking
 /// thread); writes are durable before they return, because a revocation
 /// acknowledged to an admin must survive a crash.

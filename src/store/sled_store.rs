@@ -5,7 +5,7 @@
 //! [`Version`]), with `seq` big-endian so a prefix scan returns a document's
 //! records in order; `tombstones` (id → [`Tombstone`]) for deleted documents. Doc ids never contain NUL, so
 //! no id's keys can run into another's. `revocations` (`jti:<id>` or
-//! `sub:<name>` → [`crate::revocation`]'s record) holds revoked tokens.
+//! `sub:<name>` → [`crate::auth::revocation`]'s record) holds revoked tokens.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -12,7 +12,7 @@
 //! `Subscribe` or `Reauth`, an HTTP request, a `/yjs` upgrade); the sockets
 //! then keep the principal and a timer for its expiry, so no per-message
 //! check costs more than comparing a role. Revocation (by `jti` or `sub`,
-//! see [`crate::revocation`]) is checked at verification too, and open
+//! see [`crate::auth::revocation`]) is checked at verification too, and open
 //! sockets re-check their principals when [`Auth::revocations`] changes.
 //!
 //! For HTTP handlers, [`Principal`] is an axum extractor (`Authorization:
@@ -41,19 +41,19 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRef, FromRequestParts, Query, Request, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Query;
+use axum::http::{header, HeaderMap, Uri};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::DocId;
-use crate::http::ApiError;
 use crate::protocol::ErrorCode;
-use crate::revocation::{Revocations, MAX_JTI_BYTES};
+pub use revocation::{Revocation, Revocations, RevokeError, Target};
+pub use revocation::{MAX_JTI_BYTES, MAX_SUB_BYTES};
+
+pub mod mint;
+pub mod revocation;
 
 /// Shortest accepted `--auth-secret`, in bytes: HS256 wants a key at least
 /// as long as its 256-bit hash.
@@ -61,9 +61,6 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Most `docs` patterns one token may carry: each check walks them.
 pub const MAX_DOC_PATTERNS: usize = 256;
-
-/// Longest `sub` accepted, in bytes (the same bound as a client name).
-pub const MAX_SUB_BYTES: usize = 128;
 
 /// What a token lets its holder do. Ordered: each role includes the ones before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -353,16 +350,6 @@ impl Denied {
     }
 }
 
-impl From<Denied> for ApiError {
-    fn from(e: Denied) -> Self {
-        let code = match e {
-            Denied::ReadOnly => "read_only",
-            Denied::NotCovered(_) | Denied::NotAll | Denied::AdminOnly => "forbidden",
-        };
-        ApiError::new(StatusCode::FORBIDDEN, code, e.to_string())
-    }
-}
-
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -384,17 +371,6 @@ impl AuthError {
             Self::Expired => ErrorCode::TokenExpired,
             Self::Revoked => ErrorCode::TokenRevoked,
         }
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        let code = match e {
-            AuthError::Expired => "token_expired",
-            AuthError::Revoked => "token_revoked",
-            AuthError::Missing | AuthError::Invalid(_) => "unauthorized",
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
 
@@ -621,165 +597,6 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-/// Extracts the request's principal; 401 `unauthorized` (or
-/// `token_expired`) with `WWW-Authenticate: Bearer` when there is none.
-impl<S> FromRequestParts<S> for Principal
-where
-    S: Send + Sync,
-    Arc<Auth>: FromRef<S>,
-{
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let auth = Arc::<Auth>::from_ref(state);
-        auth.from_http(&parts.headers, &parts.uri)
-            .map_err(unauthorized)
-    }
-}
-
-/// The 401 response for `e`, with the `WWW-Authenticate` challenge.
-pub fn unauthorized(e: AuthError) -> Response {
-    let mut response = ApiError::from(e).into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// `--allowed-origins`: the browser origins allowed to open WebSockets and
-/// SSE streams or call the API. Empty allows every origin.
-#[derive(Debug, Clone, Default)]
-pub struct AllowedOrigins(Arc<[String]>);
-
-impl AllowedOrigins {
-    /// From `scheme://host[:port]` entries (case and a trailing `/` ignored).
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(origins: I) -> Self {
-        let list: Vec<String> = origins
-            .into_iter()
-            .map(|o| normalize_origin(o.as_ref()))
-            .filter(|o| !o.is_empty())
-            .collect();
-        Self(list.into())
-    }
-
-    /// Whether a request with this `Origin` header may go on. Requests
-    /// without one (not from a browser page) always may: the check stops
-    /// other sites' pages, it is not authentication.
-    pub fn allows(&self, origin: Option<&HeaderValue>) -> bool {
-        let Some(origin) = origin else {
-            return true;
-        };
-        if self.0.is_empty() {
-            return true;
-        }
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        let origin = normalize_origin(origin);
-        self.0.contains(&origin)
-    }
-}
-
-fn normalize_origin(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
-}
-
-/// Middleware refusing requests whose `Origin` is not allowed: 403
-/// `origin_not_allowed`, before any WebSocket upgrade or stream starts.
-pub async fn check_origin(
-    State(origins): State<AllowedOrigins>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let origin = request.headers().get(header::ORIGIN);
-    if origins.allows(origin) {
-        return next.run(request).await;
-    }
-    let shown = origin
-        .and_then(|o| o.to_str().ok())
-        .unwrap_or("?")
-        .to_owned();
-    tracing::debug!(origin = %shown, "origin refused");
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "origin_not_allowed",
-        format!("origin {shown} is not in --allowed-origins"),
-    )
-    .into_response()
-}
-
-/// `folio token`: mint a token with the server's secret and print it.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TokenArgs {
-    /// A document the token covers: an id, `prefix/*`, or `*`. Repeat for several.
-    #[arg(long = "doc", required = true)]
-    pub docs: Vec<String>,
-
-    /// read, write or admin.
-    #[arg(long, default_value = "read")]
-    pub role: Role,
-
-    /// How long the token is valid: `90s`, `15m`, `1h`, `7d`, …
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-
-    /// The user name: recorded as the author of the holder's edits and presence.
-    #[arg(long)]
-    pub sub: Option<String>,
-
-    /// The token's id, for revoking it alone (`folio revoke --jti`).
-    /// Default: 16 random hex digits. Printed on stderr.
-    #[arg(long)]
-    pub jti: Option<String>,
-
-    /// The server's secret (the same as `folio serve --auth-secret`).
-    #[arg(long, env = "FOLIO_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: AuthSecret,
-}
-
-impl TokenArgs {
-    /// Signs the token these arguments describe; returns it with its `jti`.
-    ///
-    /// # Errors
-    /// A short secret, a bad doc pattern, `sub` or `jti`, or a TTL of zero.
-    pub fn mint(&self) -> Result<(String, String), String> {
-        let auth = Auth::with_secret(&self.auth_secret).map_err(|e| e.to_string())?;
-        if self.ttl.is_zero() {
-            return Err("--ttl must be more than zero".into());
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| e.to_string())?;
-        let jti = match &self.jti {
-            Some(jti) => jti.clone(),
-            None => random_jti()?,
-        };
-        let claims = Claims {
-            docs: self.docs.clone(),
-            role: self.role,
-            exp: (now + self.ttl).as_secs(),
-            sub: self.sub.clone(),
-            jti: Some(jti.clone()),
-            iat: Some(now.as_secs()),
-        };
-        // Refuse what the server would refuse, before anyone uses it.
-        Principal::from_claims(claims.clone()).map_err(|e| e.to_string())?;
-        let token = auth.mint(&claims).map_err(|e| e.to_string())?;
-        Ok((token, jti))
-    }
-}
-
-/// 16 hex digits from the system's secure random source (through ring,
-/// which the TLS and token code already use).
-fn random_jti() -> Result<String, String> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| "no random source for --jti; give one".to_owned())?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -899,17 +716,5 @@ mod tests {
             Err(AuthSetupError::ShortSecret)
         ));
         assert!(!format!("{:?}", secret()).contains("0123"));
-    }
-
-    #[test]
-    fn origins_compare_normalized_and_allow_non_browser_requests() {
-        let origins = AllowedOrigins::new(["https://app.example.com/", "http://localhost:5173"]);
-        let h = |s: &'static str| HeaderValue::from_static(s);
-        assert!(origins.allows(None));
-        assert!(origins.allows(Some(&h("https://APP.example.com"))));
-        assert!(origins.allows(Some(&h("http://localhost:5173"))));
-        assert!(!origins.allows(Some(&h("http://localhost:5174"))));
-        assert!(!origins.allows(Some(&h("null"))));
-        assert!(AllowedOrigins::default().allows(Some(&h("https://evil.example"))));
     }
 }

@@ -33,7 +33,10 @@ use crate::store::{RevocationStore, StoreError};
 /// bytes, so the cap bounds the registry at a few tens of MiB.
 pub const MAX_REVOCATIONS: usize = 100_000;
 
-/// Longest `jti` accepted, in bytes (the same bound as a `sub`).
+/// Longest `sub` accepted, in a token or a revocation, in bytes.
+pub const MAX_SUB_BYTES: usize = 128;
+
+/// Longest `jti` accepted, in a token or a revocation, in bytes.
 pub const MAX_JTI_BYTES: usize = 128;
 
 /// What a revocation names.
@@ -54,12 +57,12 @@ impl Target {
         check_len("jti", id, MAX_JTI_BYTES).map(|()| Self::Jti(id.to_owned()))
     }
 
-    /// A `sub` target: 1 to [`crate::auth::MAX_SUB_BYTES`] bytes.
+    /// A `sub` target: 1 to [`MAX_SUB_BYTES`] bytes.
     ///
     /// # Errors
     /// [`RevokeError::Invalid`] for an empty or too long name.
     pub fn sub(name: &str) -> Result<Self, RevokeError> {
-        check_len("sub", name, crate::auth::MAX_SUB_BYTES).map(|()| Self::Sub(name.to_owned()))
+        check_len("sub", name, MAX_SUB_BYTES).map(|()| Self::Sub(name.to_owned()))
     }
 
     /// `"jti"` or `"sub"`.
