@@ -8,6 +8,7 @@ mod auth;
 mod client_ip;
 mod conn_io;
 mod conns;
+mod driver;
 mod error;
 mod history;
 mod linger;

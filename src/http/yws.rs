@@ -4,8 +4,8 @@
 //! the route takes the whole rest of the path (doc ids may contain `/`). The
 //! query string carries the token (`?token=`, the provider's `params`), or an
 //! `Authorization: Bearer` header where the client can set one. Same shape
-//! as `/ws`: this reader loop feeds a [`YSession`], and the shared writer
-//! drains the connection's queue.
+//! as `/ws`: the shared [`driver`](super::driver) serves the socket, feeding
+//! a [`YSession`].
 //!
 //! A refused token is answered after the upgrade, with a close code in the
 //! 4400-4499 range (4401 missing or invalid, 4403 another document, 4440
@@ -13,6 +13,7 @@
 //! status: the provider sees no status, only a failed connection that it
 //! retries forever, whereas a 44xx close stops it and tells the app why.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,16 +25,16 @@ use axum::extract::{Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
-use futures_util::stream::StreamExt;
-use tokio::time::MissedTickBehavior;
+use bytes::Bytes;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::ws::{configure, is_capacity, session_limits, write_loop, Liveness};
+use super::driver::{configure, drive, session_limits, Protocol};
 use super::{ApiError, AppState, ConnState, ConnectionPermit};
-use crate::auth::{Action, AuthError, Principal};
-use crate::doc::{DocId, Outbound, Peer, Wire};
+use crate::auth::{Action, Auth, AuthError, Principal};
+use crate::doc::{DocId, Peer, Wire};
 use crate::session::Flow;
-use crate::ysession::{close, YSession};
+use crate::ysession::{close, WriteOutcome, YSession};
 
 /// How often every connection gets a keepalive: half the provider's 30 s
 /// "no message received" watchdog, the period of its own awareness renewals.
@@ -104,107 +105,123 @@ async fn refuse(mut socket: WebSocket, code: u16, reason: String) {
 
 async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: Principal) {
     let limits = app.config.limits;
-    let (sink, mut stream) = socket.split();
     let (peer, rx) = Peer::channel(id, Wire::YSync, limits.outbound_queue_bytes);
-    let mut writer = tokio::spawn(write_loop(sink, rx, limits.stall_timeout()));
-    let mut session = YSession::new(
+    let session = YSession::new(
         peer.clone(),
         app.registry.clone(),
         doc.clone(),
         session_limits(&app.config, 1),
     )
     .with_access(principal.sub(), principal.can(Action::Write, &doc));
-    let mut liveness = Liveness::new(&limits, peer.meter().clone());
-    let mut writer_done = false;
-    // No Reauth exists in y-protocols: at expiry the socket closes (4440).
-    let expiry = principal
-        .remaining()
-        .map_or_else(|| tokio::time::sleep(Duration::MAX), tokio::time::sleep);
-    tokio::pin!(expiry);
-    // Wakes the loop when any token is revoked. Checked once now too: a
-    // revocation between the upgrade's check and here has already fired.
-    let mut revocations = app.auth.revocations().watch();
-    let revoked_now = app.auth.is_revoked(&principal);
-    let mut keepalive = tokio::time::interval_at(
-        tokio::time::Instant::now() + KEEPALIVE_EVERY,
-        KEEPALIVE_EVERY,
-    );
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tracing::debug!("y-websocket connection open");
-    let flow = loop {
-        let rate_resync_at = session
-            .rate_resync_at()
-            .unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_EVERY);
-        let flow = tokio::select! {
-            biased;
-            () = app.shutdown.cancelled() => {
-                Flow::Close(close::GOING_AWAY, "server shutting down".into())
-            }
-            () = &mut expiry => Flow::Close(close::TOKEN_EXPIRED, "token expired".into()),
-            () = std::future::ready(()), if revoked_now => {
-                Flow::Close(close::TOKEN_REVOKED, "token revoked".into())
-            }
-            Ok(()) = revocations.changed() => {
-                if app.auth.is_revoked(&principal) {
-                    Flow::Close(close::TOKEN_REVOKED, "token revoked".into())
-                } else {
-                    Flow::Continue
-                }
-            }
-            // The writer gave up on the socket (it stalled, or failed).
-            _ = &mut writer => {
-                writer_done = true;
-                break None;
-            }
-            outcome = session.next_write(), if session.has_pending_writes() => {
-                session.on_write(outcome)
-            }
-            () = peer.notified() => session.on_peer_notice(),
-            () = peer.drained(), if session.has_pending_resync() => session.on_drained(),
-            () = tokio::time::sleep_until(rate_resync_at),
-                if session.rate_resync_at().is_some() => session.on_rate_resync().await,
-            _ = keepalive.tick() => {
-                session.on_keepalive();
-                Flow::Continue
-            }
-            () = liveness.due() => liveness.check(&peer),
-            msg = stream.next(), if session.can_read() => {
-                liveness.heard();
-                match msg {
-                    Some(Ok(Message::Binary(frame))) => session.on_frame(frame).await,
-                    Some(Ok(Message::Text(_))) => {
-                        Flow::Close(close::UNSUPPORTED_DATA, "binary frames only".into())
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read error");
-                        if is_capacity(&e) {
-                            let limit = app.config.max_message_bytes;
-                            Flow::Close(close::MESSAGE_TOO_BIG, close::message_too_big(limit))
-                        } else {
-                            break None;
-                        }
-                    }
-                }
-            },
-        };
-        if let Flow::Close(code, reason) = flow {
-            break Some((code, reason));
-        }
+    let now = Instant::now();
+    let connection = YConnection {
+        session,
+        // No Reauth exists in y-protocols: at expiry the socket closes (4440).
+        expires_at: principal.remaining().map(|left| now + left),
+        // A revocation between the upgrade's check and here has already
+        // fired its wake-up: check once now.
+        revoked_at_open: app.auth.is_revoked(&principal),
+        keepalive_at: now + KEEPALIVE_EVERY,
+        auth: app.auth.clone(),
+        principal,
     };
-    session.close();
-    if let Some((code, reason)) = flow {
-        tracing::debug!(code, %reason, "closing y-websocket connection");
-        // Applied updates become durable whether or not we wait: there is no
-        // ack to send, so close at once.
-        let _ = peer.send(Outbound::Close(code, reason)).await;
-        drop(session);
-        drop(peer);
-        let _ = writer.await;
-    } else if !writer_done {
-        // The client went away: nothing more can be written.
-        writer.abort();
+    drive(socket, app, peer, rx, connection).await;
+}
+
+/// A [`YSession`] with what the connection adds: its token's expiry and
+/// revocation, and the keepalive.
+struct YConnection {
+    session: YSession,
+    expires_at: Option<Instant>,
+    revoked_at_open: bool,
+    keepalive_at: Instant,
+    auth: Arc<Auth>,
+    principal: Principal,
+}
+
+impl Protocol for YConnection {
+    type Durable = WriteOutcome;
+    const NAME: &'static str = "y-websocket connection";
+
+    fn can_read(&self) -> bool {
+        self.session.can_read()
     }
-    tracing::debug!("y-websocket connection closed");
+
+    fn on_frame(&mut self, frame: Bytes) -> impl Future<Output = Flow> + Send {
+        self.session.on_frame(frame)
+    }
+
+    fn has_pending_writes(&self) -> bool {
+        self.session.has_pending_writes()
+    }
+
+    fn next_write(&mut self) -> impl Future<Output = WriteOutcome> + Send {
+        self.session.next_write()
+    }
+
+    async fn on_write(&mut self, outcome: WriteOutcome) -> Flow {
+        self.session.on_write(outcome)
+    }
+
+    async fn on_peer_notice(&mut self) -> Flow {
+        self.session.on_peer_notice()
+    }
+
+    fn has_pending_resync(&self) -> bool {
+        self.session.has_pending_resync()
+    }
+
+    fn on_drained(&mut self) -> Flow {
+        self.session.on_drained()
+    }
+
+    /// The earliest of: now (a token revoked before the loop started), the
+    /// token's expiry, the rate limit's resync, the next keepalive.
+    fn next_timer(&self) -> Option<Instant> {
+        let now = self.revoked_at_open.then(Instant::now);
+        [now, self.expires_at, self.session.rate_resync_at()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Some(self.keepalive_at), |at| {
+                Some(at.min(self.keepalive_at))
+            })
+    }
+
+    async fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        if self.revoked_at_open {
+            return Flow::Close(close::TOKEN_REVOKED, "token revoked".into());
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Flow::Close(close::TOKEN_EXPIRED, "token expired".into());
+        }
+        if self.session.rate_resync_at().is_some_and(|at| now >= at) {
+            let flow = self.session.on_rate_resync().await;
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+        if now >= self.keepalive_at {
+            self.session.on_keepalive();
+            self.keepalive_at = now + KEEPALIVE_EVERY;
+        }
+        Flow::Continue
+    }
+
+    async fn on_revocation(&mut self) -> Flow {
+        if self.auth.is_revoked(&self.principal) {
+            Flow::Close(close::TOKEN_REVOKED, "token revoked".into())
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Applied updates become durable whether or not we wait: there is no
+    /// ack to send, so the close goes at once.
+    async fn before_close(&mut self) {}
+
+    fn close(&mut self) {
+        self.session.close();
+    }
 }
