@@ -15,7 +15,7 @@
 
 use tracing::Instrument as _;
 
-use super::registry::{DocRegistry, RegistryError};
+use super::registry::{blocking, DocRegistry, RegistryError};
 use super::shard::ShardError;
 use super::DocId;
 use crate::history::last_pass::LastPass;
@@ -59,11 +59,8 @@ impl DocRegistry {
             .await
             .map_err(|_| ShardError::ShuttingDown)?;
         let (store, key) = (self.store().clone(), id.clone());
-        let (ops, stats) = tokio::task::spawn_blocking(move || {
-            retention::plan(store.as_ref(), &key, &policy, now_ms)
-        })
-        .await
-        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let (ops, stats) =
+            blocking(move || retention::plan(store.as_ref(), &key, &policy, now_ms)).await?;
         let mut last = None;
         for op in ops {
             let permit = self
@@ -110,10 +107,7 @@ impl DocRegistry {
         let mut counts = PassCounts::default();
         loop {
             let (store, from) = (self.store().clone(), after.clone());
-            let page =
-                tokio::task::spawn_blocking(move || store.list_page("", from.as_deref(), PAGE))
-                    .await
-                    .map_err(|e| RegistryError::Join(e.to_string()))??;
+            let page = blocking(move || store.list_page("", from.as_deref(), PAGE)).await?;
             let Some((last, _)) = page.last() else {
                 break;
             };

@@ -172,10 +172,7 @@ impl DocRegistry {
     /// Storage failures.
     pub async fn meta(&self, doc: &DocId) -> Result<Option<DocMeta>, RegistryError> {
         let (store, key) = (self.store.clone(), doc.clone());
-        tokio::task::spawn_blocking(move || store.meta(&key))
-            .await
-            .map_err(|e| RegistryError::Join(e.to_string()))?
-            .map_err(RegistryError::from)
+        blocking(move || store.meta(&key)).await
     }
 
     /// The store behind the registry.
@@ -308,10 +305,7 @@ impl DocRegistry {
     /// Storage failures.
     pub async fn tombstone(&self, id: &DocId) -> Result<Option<Tombstone>, RegistryError> {
         let (store, key) = (self.store.clone(), id.clone());
-        tokio::task::spawn_blocking(move || store.tombstone(&key))
-            .await
-            .map_err(|e| RegistryError::Join(e.to_string()))?
-            .map_err(RegistryError::from)
+        blocking(move || store.tombstone(&key)).await
     }
 
     async fn exists_on_disk(&self, id: &DocId) -> Result<bool, RegistryError> {
@@ -340,11 +334,9 @@ impl DocRegistry {
             .map_err(|_| ShardError::ShuttingDown)?;
         let store = self.store.clone();
         let key = id.clone();
-        let (tombstone, stored) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.tombstone(&key)?, store.load(&key)?))
-        })
-        .await
-        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let (tombstone, stored) =
+            blocking(move || Ok::<_, StoreError>((store.tombstone(&key)?, store.load(&key)?)))
+                .await?;
         // A deleted document stays deleted: no client brings it back by
         // subscribing or pushing its copy. Only `create` with
         // `IfDeleted::Revive` removes the tombstone (before this load).
@@ -371,11 +363,8 @@ impl DocRegistry {
         }
         let (writer, settings, key) = (self.writer.clone(), self.settings, id.clone());
         let shard_feed = feed.clone();
-        let shard = tokio::task::spawn_blocking(move || {
-            DocShard::load(key, stored, writer, settings, shard_feed)
-        })
-        .await
-        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let shard =
+            blocking(move || DocShard::load(key, stored, writer, settings, shard_feed)).await?;
         if created {
             feed.lifecycle("created");
         }
@@ -576,11 +565,9 @@ impl DocRegistry {
             .await
             .map_err(|_| ShardError::ShuttingDown)?;
         let (store, prefix) = (self.store.clone(), prefix.to_owned());
-        let mut page = tokio::task::spawn_blocking(move || {
-            store.list_page(&prefix, after.as_deref(), limit.saturating_add(1))
-        })
-        .await
-        .map_err(|e| RegistryError::Join(e.to_string()))??;
+        let mut page =
+            blocking(move || store.list_page(&prefix, after.as_deref(), limit.saturating_add(1)))
+                .await?;
         let more = page.len() > limit;
         page.truncate(limit);
         let next = more
@@ -619,6 +606,21 @@ fn describe_resident(id: &DocId, info: &ShardInfo, watchers: usize) -> DocInfo {
         resident: true,
         watchers,
     }
+}
+
+/// Runs `work` (a store call, or CPU work such as a load) on a blocking
+/// thread, so that no async worker waits on the disk.
+pub(super) async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, RegistryError>
+where
+    T: Send + 'static,
+    E: Into<RegistryError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RegistryError::Join(e.to_string()))?
+        .map_err(Into::into)
 }
 
 #[cfg(test)]
