@@ -104,10 +104,17 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&lock_path)
         .map_err(io_err(&lock_path))?;
-    if lock.try_lock_exclusive().is_err() {
-        return Err(StoreError::Locked {
-            path: dir.to_owned(),
-        });
+    // As for sled's own lock (see `SLED_LOCK_WAIT`): a store closed in this
+    // process a moment ago (its writer thread still dropping it) lets go
+    // soon; a server that holds the dir does not, and is refused.
+    let deadline = Instant::now() + SLED_LOCK_WAIT;
+    while lock.try_lock_exclusive().is_err() {
+        if Instant::now() >= deadline {
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(lock)
 }
