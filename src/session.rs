@@ -80,6 +80,27 @@ pub struct SessionLimits {
     pub rates: Rates,
 }
 
+impl SessionLimits {
+    /// The limits a session on a server with `config` enforces, following
+    /// at most `max_docs` documents (`/ws`: `max_docs_per_connection`;
+    /// `/yjs`: 1).
+    pub fn from_config(config: &crate::config::ServeConfig, max_docs: u32) -> Self {
+        let limits = &config.limits;
+        Self {
+            max_message_bytes: config.max_message_bytes,
+            max_docs_per_connection: max_docs,
+            max_unacked_updates: config.max_unacked_updates,
+            max_doc_bytes: limits.max_doc_bytes,
+            rates: Rates {
+                updates_per_sec: limits.updates_per_sec,
+                update_burst: limits.update_burst,
+                awareness_per_sec: limits.awareness_per_sec,
+                awareness_burst: limits.awareness_burst,
+            },
+        }
+    }
+}
+
 /// What the transport does after a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {

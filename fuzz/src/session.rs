@@ -26,7 +26,6 @@ use folio::doc::{DocId, DocRegistry, DocShard, Outbound, OutboundRx, Peer, Wire,
 use folio::protocol::{
     client_message, server_message, v1, ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION,
 };
-use folio::rate::Rates;
 use folio::server::Storage;
 use folio::session::{close, Flow, Session, SessionLimits};
 use folio::store::WriteOp;
@@ -40,27 +39,6 @@ pub const DOC: &str = "fuzz";
 
 /// Frames the harness takes off a queue at once, as the socket writer does.
 const BATCH_FRAMES: usize = 256;
-
-/// The limits a session enforces with the server's defaults, following at
-/// most `max_docs` documents: as `src/http/ws.rs` builds them (`/ws` passes
-/// `max_docs_per_connection`, `/yjs` 1). The rates are the server's too: a
-/// fresh connection's buckets (2,000 updates, 200 awareness messages) are
-/// enough for most inputs and reachable by some.
-fn session_limits(config: &ServeConfig, max_docs: u32) -> SessionLimits {
-    let limits = &config.limits;
-    SessionLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_docs_per_connection: max_docs,
-        max_unacked_updates: config.max_unacked_updates,
-        max_doc_bytes: limits.max_doc_bytes,
-        rates: Rates {
-            updates_per_sec: limits.updates_per_sec,
-            update_burst: limits.update_burst,
-            awareness_per_sec: limits.awareness_per_sec,
-            awareness_burst: limits.awareness_burst,
-        },
-    }
-}
 
 /// A registry over a sled store, made once per process.
 pub struct Server {
@@ -137,7 +115,7 @@ impl Server {
 
     /// A Folio session with the server's limits and access.
     fn session(&self, peer: &Arc<Peer>) -> Session {
-        let limits = session_limits(&self.config, self.config.max_docs_per_connection);
+        let limits = SessionLimits::from_config(&self.config, self.config.max_docs_per_connection);
         Session::new(
             peer.clone(),
             self.registry.clone(),
@@ -217,7 +195,7 @@ impl Server {
         self.rt.block_on(async {
             let mut observer = Observer::join(self).await;
             let (peer, mut rx) = self.peer(Wire::YSync);
-            let limits = session_limits(&self.config, 1);
+            let limits = SessionLimits::from_config(&self.config, 1);
             let mut session =
                 YSession::new(peer.clone(), self.registry.clone(), self.doc(), limits);
             for frame in frames {

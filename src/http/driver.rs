@@ -20,10 +20,8 @@ use futures_util::SinkExt;
 use tokio::time::{Instant, Sleep};
 
 use super::AppState;
-use crate::config::ServeConfig;
 use crate::doc::{Outbound, OutboundRx, Peer, QueueMeter};
-use crate::rate::Rates;
-use crate::session::{close, Flow, SessionLimits};
+use crate::session::{close, Flow};
 
 /// What the driver asks of a connection's session. Each method is one event
 /// of the connection; the session answers with what the transport does next.
@@ -101,24 +99,6 @@ pub(super) fn configure(ws: WebSocketUpgrade, max_message_bytes: u32) -> WebSock
         // One byte over our limit reaches the session, which closes with 1009.
         .max_message_size(max + 1)
         .max_frame_size(max + 1)
-}
-
-/// The limits a session on this server enforces, following at most
-/// `max_docs` documents.
-pub(super) fn session_limits(config: &ServeConfig, max_docs: u32) -> SessionLimits {
-    let limits = &config.limits;
-    SessionLimits {
-        max_message_bytes: config.max_message_bytes,
-        max_docs_per_connection: max_docs,
-        max_unacked_updates: config.max_unacked_updates,
-        max_doc_bytes: limits.max_doc_bytes,
-        rates: Rates {
-            updates_per_sec: limits.updates_per_sec,
-            update_burst: limits.update_burst,
-            awareness_per_sec: limits.awareness_per_sec,
-            awareness_burst: limits.awareness_burst,
-        },
-    }
 }
 
 /// Serves one upgraded socket with `session` until either side closes.

@@ -15,10 +15,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::driver::{configure, drive, session_limits, Protocol};
+use super::driver::{configure, drive, Protocol};
 use super::{AppState, ConnState, ConnectionPermit};
 use crate::doc::{Peer, Wire};
-use crate::session::{AckOutcome, Flow, Session};
+use crate::session::{AckOutcome, Flow, Session, SessionLimits};
 
 /// Longest wait for outstanding acks before closing a socket.
 const ACK_FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
@@ -58,7 +58,7 @@ async fn run(socket: WebSocket, app: AppState, id: u64) {
     let session = Session::new(
         peer.clone(),
         app.registry.clone(),
-        session_limits(&app.config, app.config.max_docs_per_connection),
+        SessionLimits::from_config(&app.config, app.config.max_docs_per_connection),
         app.auth.clone(),
     );
     drive(socket, app, peer, rx, session).await;

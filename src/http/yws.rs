@@ -29,11 +29,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::driver::{configure, drive, session_limits, Protocol};
+use super::driver::{configure, drive, Protocol};
 use super::{ApiError, AppState, ConnState, ConnectionPermit};
 use crate::auth::{Action, Auth, AuthError, Principal};
 use crate::doc::{DocId, Peer, Wire};
-use crate::session::Flow;
+use crate::session::{Flow, SessionLimits};
 use crate::ysession::{close, WriteOutcome, YSession};
 
 /// How often every connection gets a keepalive: half the provider's 30 s
@@ -110,7 +110,7 @@ async fn run(socket: WebSocket, app: AppState, doc: DocId, id: u64, principal: P
         peer.clone(),
         app.registry.clone(),
         doc.clone(),
-        session_limits(&app.config, 1),
+        SessionLimits::from_config(&app.config, 1),
     )
     .with_access(principal.sub(), principal.can(Action::Write, &doc));
     let now = Instant::now();
